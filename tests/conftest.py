@@ -1,0 +1,50 @@
+"""Test-wide safety: no test may reach a real hub or a cloud metadata service.
+
+Every endpoint the program knows is pointed at a loopback port nobody listens on, unless a test
+points it at one of the fake servers in tests/fakes.  Caches go to tmp so nothing leaks between
+tests or into the developer's home.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+ENDPOINT_VARS = (
+    "GRPO_BOOTSTRAP_HF_ENDPOINT",
+    "GRPO_BOOTSTRAP_HF_MIRROR_ENDPOINT",
+    "GRPO_BOOTSTRAP_MODELSCOPE_ENDPOINT",
+    "GRPO_BOOTSTRAP_TENCENT_METADATA_URL",
+    "GRPO_BOOTSTRAP_ALIBABA_METADATA_URL",
+    "GRPO_BOOTSTRAP_HUAWEI_METADATA_URL",
+    "GRPO_BOOTSTRAP_AWS_METADATA_URL",
+    "GRPO_BOOTSTRAP_GCP_METADATA_URL",
+    "GRPO_BOOTSTRAP_AZURE_METADATA_URL",
+)
+
+
+def closed_loopback_url() -> str:
+    """A loopback URL whose port was free a moment ago: connecting is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
+    for name in list(__import__("os").environ):
+        if name.startswith("GRPO_BOOTSTRAP_"):
+            monkeypatch.delenv(name)
+    dead = closed_loopback_url()
+    for name in ENDPOINT_VARS:
+        monkeypatch.setenv(name, dead)
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MODELSCOPE_API_TOKEN", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    cache = tmp_path_factory.mktemp("caches")
+    monkeypatch.setenv("HF_HOME", str(cache / "hf"))
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(cache / "modelscope"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("TZ", "UTC")
+    monkeypatch.setenv("LANG", "C.UTF-8")
