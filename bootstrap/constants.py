@@ -12,6 +12,8 @@ import os
 from collections.abc import Mapping
 
 ENV_PREFIX = "GRPO_BOOTSTRAP_"
+# GRPO_BOOTSTRAP_* variables that are not config fields (read by the CLI itself).
+NON_CONFIG_ENV = frozenset({"config"})
 
 # Public services; every one is overridable by a config field / GRPO_BOOTSTRAP_* variable.
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
