@@ -48,3 +48,20 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pyt
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("TZ", "UTC")
     monkeypatch.setenv("LANG", "C.UTF-8")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-gpu",
+        action="store_true",
+        help="run tests marked gpu (needs CUDA, unsloth, bitsandbytes; see ../shared/GPU.md)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-gpu"):
+        return
+    skip = pytest.mark.skip(reason="GPU test: run on the GPU machine with --run-gpu")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
