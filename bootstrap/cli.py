@@ -1,0 +1,166 @@
+"""The `grpo-bootstrap` command line: parse, call the library, render.  Nothing else lives here.
+
+Every option maps to the config field of the same name, so it is also settable as
+``GRPO_BOOTSTRAP_<NAME>`` and in the YAML file; `config.load_config` applies the precedence.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import BaseModel
+
+from bootstrap import __version__
+from bootstrap import render
+from bootstrap.config import FIELDS, ResolvedConfig, env_var, load_config, parse_text
+from bootstrap.errors import BootstrapError, ConfigError
+from bootstrap.logs import redact, setup_logging
+
+
+@dataclass
+class App:
+    """What the group's options said, passed to every command through click's context."""
+
+    config_file: Path | None
+    as_json: bool
+    verbosity: int
+    flags: dict[str, Any] = field(default_factory=dict)
+
+    def config(self, **command_flags: Any) -> ResolvedConfig:
+        return load_config(self.config_file, flags={**self.flags, **command_flags})
+
+    def emit(self, document: BaseModel, human: Callable[[], None]) -> None:
+        """One JSON document on stdout with --json, else the rich rendering."""
+        if self.as_json:
+            click.echo(json.dumps(document.model_dump(mode="json"), indent=2))
+        else:
+            human()
+
+
+class _Failure(click.ClickException):
+    """A library error shown as one clean message (and a JSON document with --json)."""
+
+    def __init__(self, error: BootstrapError | KeyboardInterrupt, as_json: bool) -> None:
+        self.exit_code = getattr(error, "exit_code", 130)
+        text = str(error) if isinstance(error, BootstrapError) else "interrupted"
+        super().__init__(redact(text))
+        self.as_json = as_json
+
+    def show(self, file: Any = None) -> None:
+        if self.as_json:
+            doc = {"ok": False, "exit_code": self.exit_code, "error": self.message}
+            click.echo(json.dumps(doc, indent=2))
+        click.echo(f"error: {self.message}", err=True)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (BootstrapError, KeyboardInterrupt) as exc:
+            as_json = isinstance(ctx.obj, App) and ctx.obj.as_json
+            raise _Failure(exc, as_json) from exc
+
+
+def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
+    parsed: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        if key not in FIELDS:
+            raise ConfigError(f"--set {item!r}: unknown config key {key!r}")
+        parsed[key] = parse_text(key, raw)
+    return parsed
+
+
+def _opt(name: str, *decls: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """An option bound to config field `name`; its help names the environment variable."""
+    kwargs["help"] = f"{kwargs.get('help', '')} [env: {env_var(name)}]".strip()
+    return click.option(*(decls or (f"--{name.replace('_', '-')}",)), name, default=None, **kwargs)
+
+
+def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by the commands that build a plan; passed on as config flags."""
+    options = [
+        _opt("region", type=click.Choice(["auto", "cn", "global"]), help="Where the machine is."),
+        _opt("mirror", help="auto, huggingface, hf-mirror, modelscope, or an extra mirror's name."),
+        _opt("profile", help="Training profile (cpu-smoke, gpu-16gb, gpu-24gb, gpu-48gb, gpu-80gb)."),
+        _opt("backend", type=click.Choice(["auto", "unsloth", "trl"]), help="Training backend."),
+        _opt("offline", "--offline/--online", help="Use no network at all."),
+    ]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        flags = {name: kwargs.pop(name) for name in ("region", "mirror", "profile", "backend", "offline")}
+        return command(*args, job_flags=flags, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--workspace", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help=f"Where models, data, checkpoints and exports go. [env: {env_var('workspace')}]")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              envvar="GRPO_BOOTSTRAP_CONFIG", help="YAML job config. [env: GRPO_BOOTSTRAP_CONFIG]")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout; logs go to stderr.")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv: libraries too).")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Set any config key, e.g. --set learning_rate=1e-5 (repeatable).")
+@click.version_option(__version__, prog_name="grpo-bootstrap")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    workspace: Path | None,
+    config_file: Path | None,
+    as_json: bool,
+    verbose: int,
+    quiet: bool,
+    settings: tuple[str, ...],
+) -> None:
+    """From a rented GPU to a GRPO-trained reasoning model (Qwen2.5-3B-Instruct on GSM8K)."""
+    verbosity = -1 if quiet else verbose
+    setup_logging(verbosity)
+    app = App(config_file=config_file, as_json=as_json, verbosity=verbosity)
+    ctx.obj = app
+    app.flags = _parse_set(settings)
+    if workspace is not None:
+        app.flags["workspace"] = workspace
+
+
+def _detect_and_plan(app: App, job_flags: dict[str, Any]):  # noqa: ANN202 - imports kept lazy
+    from bootstrap.detect import detect
+    from bootstrap.plan import build_plan
+
+    resolved = app.config(**job_flags)
+    return build_plan(resolved.config, detect(resolved.config), resolved.sources)
+
+
+@main.command()
+@job_options
+@click.pass_obj
+def detect(app: App, job_flags: dict[str, Any]) -> None:
+    """Region, GPUs and system, with the evidence for each conclusion."""
+    from bootstrap.detect import detect as run_detection
+
+    detection = run_detection(app.config(**job_flags).config)
+    app.emit(detection, lambda: render.detection(detection))
+
+
+@main.command()
+@job_options
+@click.pass_obj
+def plan(app: App, job_flags: dict[str, Any]) -> None:
+    """The resolved plan: mirrors, backend, profile, settings. No downloads, no training."""
+    the_plan = _detect_and_plan(app, job_flags)
+    app.emit(the_plan, lambda: render.plan(the_plan))

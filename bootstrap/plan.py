@@ -1,0 +1,164 @@
+"""Detection + config -> Plan: everything later stages need, decided once and shown to the user.
+
+No I/O here beyond what detection did: the plan is a pure function of the config and the
+machine, so `plan` can be printed, diffed and fingerprinted before a byte is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Literal
+
+from pydantic import BaseModel
+
+from bootstrap import __version__
+from bootstrap.config import JobConfig, TrainConfig
+from bootstrap.detect import Detection
+from bootstrap.detect.gpu import GPUReport
+from bootstrap.errors import EnvironmentUnfit
+from bootstrap.hub.select import sources_for
+from bootstrap.hub.sources import Source
+from bootstrap.train.profiles import Profile, ProfileChoice, choose_profile
+
+# The unsloth backend loads vLLM for generation only on GPUs it supports (Volta and newer).
+VLLM_MIN_COMPUTE_CAPABILITY = (7, 0)
+
+
+class BackendChoice(BaseModel, frozen=True):
+    name: Literal["unsloth", "trl"]
+    generation: Literal["vllm", "hf"]
+    reason: str
+
+
+class Plan(BaseModel, frozen=True):
+    version: str
+    config: JobConfig
+    config_sources: dict[str, str]
+    detection: Detection
+    model_sources: list[Source]
+    dataset_sources: list[Source]
+    profile: ProfileChoice | None
+    training: TrainConfig | None  # the recipe with every profile-dependent value filled in
+    backend: BackendChoice
+    export_formats: list[str]
+    refusal: str | None  # why training cannot run here, and what to do instead
+    warnings: list[str]
+
+    def require_training(self) -> TrainConfig:
+        """The resolved training settings, or exit 3 with the fix when this machine can't train."""
+        if self.training is None:
+            raise EnvironmentUnfit(self.refusal or "no training profile fits this machine")
+        return self.training
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _compute_capability(gpus: GPUReport) -> tuple[int, int] | None:
+    caps = [g.compute_capability for g in gpus.gpus if g.compute_capability]
+    if not caps:
+        return None
+    return min(tuple(int(x) for x in cap.split(".")[:2]) for cap in caps)  # type: ignore[return-value]
+
+
+def choose_backend(config: JobConfig, gpus: GPUReport, profile: Profile | None) -> BackendChoice:
+    """unsloth on CUDA when it is installed, else trl; vLLM generation where it can run.
+
+    Only `find_spec` is used here: importing unsloth takes seconds and grabs the GPU, which
+    `plan` must not do.  The train stage imports for real and reports if that fails.
+    """
+    on_gpu = bool(gpus.gpus) and (profile is None or profile.requires_gpu)
+    if config.backend == "trl" or (config.backend == "auto" and not on_gpu):
+        why = "requested" if config.backend == "trl" else "no CUDA GPU in use: plain TRL + PEFT"
+        return BackendChoice(name="trl", generation="hf", reason=why)
+    if config.backend == "auto" and not _installed("unsloth"):
+        return BackendChoice(
+            name="trl",
+            generation="hf",
+            reason="unsloth is not installed (pip install 'grpo-bootstrap[gpu]'): plain TRL + PEFT",
+        )
+    why = "requested" if config.backend == "unsloth" else "CUDA GPU and unsloth installed"
+    cap = _compute_capability(gpus)
+    if config.train.vllm == "off":
+        return BackendChoice(name="unsloth", generation="hf", reason=f"{why}; vLLM turned off")
+    if not _installed("vllm"):
+        return BackendChoice(
+            name="unsloth", generation="hf", reason=f"{why}; vllm not installed: HF generate"
+        )
+    if cap is not None and cap < VLLM_MIN_COMPUTE_CAPABILITY:
+        return BackendChoice(
+            name="unsloth",
+            generation="hf",
+            reason=f"{why}; compute capability {cap[0]}.{cap[1]} is below vLLM's 7.0: HF generate",
+        )
+    return BackendChoice(name="unsloth", generation="vllm", reason=f"{why}; vLLM fast generation")
+
+
+def resolve_training(train: TrainConfig, profile: Profile) -> TrainConfig:
+    """Fill every None in the recipe from the profile and keep TRL's batch rule true.
+
+    TRL needs the generation batch (per-device batch x accumulation x processes) to be a
+    multiple of num_generations; as in the recipe, the per-device batch is raised to fit.
+    """
+    filled = {
+        name: getattr(profile, name)
+        for name, value in train
+        if value is None and name in Profile.model_fields
+    }
+    resolved = train.model_copy(update=filled)
+    if resolved.lora_alpha is None:
+        resolved = resolved.model_copy(update={"lora_alpha": resolved.lora_rank})
+    gens = resolved.num_generations
+    per_device = resolved.per_device_train_batch_size
+    if (per_device * resolved.gradient_accumulation_steps) % gens:
+        per_device = -(-per_device // gens) * gens
+    completion = min(
+        resolved.max_completion_length, resolved.max_seq_length - resolved.max_prompt_length
+    )
+    if completion < 8:
+        raise EnvironmentUnfit(
+            f"max_seq_length {resolved.max_seq_length} leaves no room for completions after "
+            f"max_prompt_length {resolved.max_prompt_length}",
+            hint="raise max_seq_length or lower max_prompt_length",
+        )
+    return resolved.model_copy(
+        update={"per_device_train_batch_size": per_device, "max_completion_length": completion}
+    )
+
+
+def build_plan(
+    config: JobConfig, detection: Detection, config_sources: dict[str, str] | None = None
+) -> Plan:
+    """The plan for this job on this machine.  Never raises for a machine that can't train:
+    `plan` must still show why; `Plan.require_training()` is where a GPU job refuses."""
+    warnings: list[str] = []
+    refusal: str | None = None
+    choice: ProfileChoice | None
+    try:
+        choice = choose_profile(detection.gpus, config.profile)
+    except EnvironmentUnfit as exc:
+        choice, refusal = None, str(exc)
+    training = resolve_training(config.train, choice.profile) if choice else None
+    backend = choose_backend(config, detection.gpus, choice.profile if choice else None)
+    if training is not None and not detection.gpus.gpus and "8bit" in training.optim:
+        # bitsandbytes' 8-bit optimisers are CUDA kernels; say so here rather than at step 1.
+        warnings.append(f"optim {training.optim} needs CUDA: adamw_torch is used on this machine")
+        training = training.model_copy(update={"optim": "adamw_torch"})
+    region = detection.region
+    if config.offline:
+        warnings.append("offline: no probes ran; fetch will only use what is in the workspace")
+    return Plan(
+        version=__version__,
+        config=config,
+        config_sources=dict(config_sources or {}),
+        detection=detection,
+        model_sources=sources_for(config, "model", region.region, region.probes),
+        dataset_sources=sources_for(config, "dataset", region.region, region.probes),
+        profile=choice,
+        training=training,
+        backend=backend,
+        export_formats=list(config.export.export_formats),
+        refusal=refusal,
+        warnings=warnings,
+    )

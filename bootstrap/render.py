@@ -1,0 +1,89 @@
+"""Human renderings (rich, on stderr-free stdout) of what the library returns."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from bootstrap.detect import Detection
+from bootstrap.plan import Plan
+
+console = Console()
+
+
+def _yes(flag: bool | None) -> str:
+    return "[green]yes[/]" if flag else "[red]no[/]"
+
+
+def _region_table(detection: Detection) -> Table:
+    region = detection.region
+    table = Table(title=f"Region: [bold]{region.region}[/] (decided by {region.decided_by})")
+    table.add_column("evidence")
+    table.add_column("points to")
+    table.add_column("detail")
+    for ev in region.evidence:
+        table.add_row(ev.source, ev.points_to or "-", ev.detail)
+    for probe in region.probes:
+        state = f"{probe.latency_ms:.0f} ms" if probe.ok and probe.latency_ms is not None else probe.error or "failed"
+        table.add_row(f"probe {probe.name}", "-", f"{probe.endpoint}: {state}")
+    return table
+
+
+def _gpu_table(detection: Detection) -> Table:
+    report = detection.gpus
+    title = f"GPUs (driver {report.driver_version or '-'}, CUDA {report.cuda_version or '-'})"
+    table = Table(title=title)
+    for column in ("#", "name", "memory", "compute", "bf16"):
+        table.add_column(column)
+    for gpu in report.gpus:
+        table.add_row(
+            str(gpu.index), gpu.name, f"{gpu.memory_mib / 1024:.1f} GiB",
+            gpu.compute_capability or "-", _yes(gpu.bf16),
+        )  # fmt: skip
+    if not report.gpus:
+        table.add_row("-", f"none: {report.reason or 'no GPU found'}", "", "", "")
+    return table
+
+
+def _system_table(detection: Detection) -> Table:
+    system = detection.system
+    table = Table(title="System", show_header=False)
+    table.add_row("os / python", f"{system.os} / {system.python}")
+    table.add_row("cpus / ram", f"{system.cpu_count} / {system.ram_available_gib:.1f} of {system.ram_total_gib:.1f} GiB free")
+    table.add_row("disk", f"{system.disk_free_gib:.1f} of {system.disk_total_gib:.1f} GiB free at {system.disk_path}")
+    table.add_row("cuda toolkit", system.cuda_toolkit or "-")
+    installed = ", ".join(f"{k} {v}" for k, v in system.packages.items() if v)
+    table.add_row("packages", installed or "-")
+    return table
+
+
+def detection(result: Detection) -> None:
+    for table in (_region_table(result), _gpu_table(result), _system_table(result)):
+        console.print(table)
+
+
+def plan(result: Plan) -> None:
+    console.print(_region_table(result.detection))
+    console.print(_gpu_table(result.detection))
+    for title, sources in (("Model", result.model_sources), ("Dataset", result.dataset_sources)):
+        table = Table(title=f"{title} sources, in order")
+        for column in ("mirror", "endpoint", "repo", "revision", "why"):
+            table.add_column(column)
+        for src in sources:
+            table.add_row(src.mirror, src.endpoint, src.repo_id, src.revision or "main", src.reason)
+        console.print(table)
+    summary = Table(title="Training", show_header=False)
+    summary.add_row("backend", f"{result.backend.name} ({result.backend.generation} generation): {result.backend.reason}")
+    if result.profile and result.training:
+        t = result.training
+        summary.add_row("profile", f"{result.profile.profile.name}: {result.profile.reason}")
+        summary.add_row("precision", f"{t.dtype}, 4-bit {_yes(t.load_in_4bit)}, LoRA r={t.lora_rank} alpha={t.lora_alpha}")
+        summary.add_row("generations", f"{t.num_generations} x {t.max_completion_length} tokens (prompt {t.max_prompt_length}, seq {t.max_seq_length})")
+        summary.add_row("steps", f"{t.max_steps} (checkpoint every {t.save_steps}), lr {t.learning_rate:g}")
+    else:
+        summary.add_row("profile", f"[red]cannot train here[/]: {result.refusal}")
+    summary.add_row("export", ", ".join(result.export_formats))
+    summary.add_row("workspace", str(result.config.workspace))
+    console.print(summary)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")

@@ -1,0 +1,141 @@
+"""The command-line contract, through click's CliRunner with real files in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+from click.testing import CliRunner
+
+from bootstrap.cli import main
+from bootstrap.detect import Detection
+from bootstrap.errors import EnvironmentUnfit
+from bootstrap.plan import Plan
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def run_json(runner: CliRunner, *args: str, env: dict[str, str] | None = None) -> dict:
+    result = runner.invoke(main, ["--json", *args], env=env)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)  # stdout holds the one JSON document and nothing else
+
+
+def test_plan_json_matches_the_schema_on_a_cpu_machine(runner: CliRunner, tmp_path: Path) -> None:
+    doc = run_json(runner, "--workspace", str(tmp_path), "plan", "--offline")
+    jsonschema.validate(doc, Plan.model_json_schema(mode="serialization"))
+    assert doc["config"]["workspace"] == str(tmp_path)
+    assert doc["detection"]["gpus"]["gpus"] == []
+    # no GPU and no profile asked for: the plan says why training can't run and what to do
+    assert doc["training"] is None and "--profile cpu-smoke" in doc["refusal"]
+    assert [s["mirror"] for s in doc["model_sources"]] == ["huggingface", "hf-mirror", "modelscope"]
+    assert doc["backend"]["name"] == "trl"
+
+
+def test_detect_json_matches_the_schema(runner: CliRunner) -> None:
+    doc = run_json(runner, "detect", "--offline")
+    jsonschema.validate(doc, Detection.model_json_schema(mode="serialization"))
+    assert doc["region"]["region"] in ("cn", "global")
+    assert doc["region"]["probes"] == []  # offline: nothing was probed
+
+
+def test_region_flag_orders_mirrors_for_china(runner: CliRunner) -> None:
+    doc = run_json(runner, "plan", "--offline", "--region", "cn", "--profile", "cpu-smoke")
+    assert doc["detection"]["region"]["region"] == "cn"
+    assert doc["detection"]["region"]["decided_by"] == "flag"
+    assert [s["mirror"] for s in doc["dataset_sources"]] == ["modelscope", "hf-mirror", "huggingface"]
+    assert doc["dataset_sources"][0]["repo_id"] == "modelscope/gsm8k"
+    assert doc["training"]["num_generations"] == 2
+
+
+def test_environment_is_honoured_and_flags_win(runner: CliRunner) -> None:
+    env = {"GRPO_BOOTSTRAP_REGION": "cn", "GRPO_BOOTSTRAP_MIRROR": "hf-mirror"}
+    doc = run_json(runner, "plan", "--offline", env=env)
+    assert doc["detection"]["region"]["region"] == "cn"
+    assert [s["mirror"] for s in doc["model_sources"]] == ["hf-mirror"]
+    assert doc["config_sources"]["mirror"] == "GRPO_BOOTSTRAP_MIRROR"
+    doc = run_json(runner, "plan", "--offline", "--region", "global", env=env)
+    assert doc["detection"]["region"]["region"] == "global"
+    assert doc["config_sources"]["region"] == "flag"
+
+
+def test_config_file_and_set(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("profile: cpu-smoke\ntrain:\n  max_steps: 7\n  learning_rate: 1.0e-5\n")
+    doc = run_json(runner, "--config", str(path), "--set", "learning_rate=3e-6", "plan", "--offline")
+    assert doc["training"]["max_steps"] == 7
+    assert doc["training"]["learning_rate"] == 3e-6
+    assert doc["config_sources"]["max_steps"] == f"file {path}"
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["plan", "--offline", "--region", "mars"], "Invalid value for '--region'"),
+        (["--set", "learnig_rate=1", "plan"], "unknown config key 'learnig_rate'"),
+        (["--set", "max_steps=-1", "plan", "--offline"], "train.max_steps = '-1' (from flag)"),
+        (["plan", "--offline", "--profile", "gpu-huge"], "gpu-huge"),
+        (["plan", "--offline", "--mirror", "github"], "mirror 'github' is not one of"),
+    ],
+)
+def test_bad_input_exits_2_with_the_reason(runner: CliRunner, args: list[str], fragment: str) -> None:
+    result = runner.invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert fragment in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_json_errors_are_one_document(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["--json", "--set", "max_steps=0", "plan", "--offline"])
+    assert result.exit_code == 2
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is False and doc["exit_code"] == 2 and "max_steps" in doc["error"]
+
+
+def test_gpu_profile_without_gpu_is_shown_as_refused(runner: CliRunner) -> None:
+    doc = run_json(runner, "plan", "--offline", "--profile", "gpu-24gb")
+    assert doc["training"] is None
+    assert "gpu-24gb" in doc["refusal"] and "--profile cpu-smoke" in doc["refusal"]
+    plan = Plan.model_validate(doc)
+    with pytest.raises(EnvironmentUnfit) as info:  # what a GPU job does with this plan
+        plan.require_training()
+    assert info.value.exit_code == 3
+
+
+def test_tokens_never_reach_the_output(runner: CliRunner) -> None:
+    secret = "hf_SECRETtoken1234567890"
+    env = {"HF_TOKEN": secret, "MODELSCOPE_API_TOKEN": "ms-" + secret}
+    for args in (["--json", "plan", "--offline"], ["plan", "--offline"], ["-v", "detect", "--offline"]):
+        result = runner.invoke(main, args, env=env)
+        assert result.exit_code == 0
+        assert secret not in result.stdout + result.stderr
+
+
+def test_plan_does_not_import_torch_and_is_fast(tmp_path: Path) -> None:
+    code = (
+        "import sys, time; t = time.monotonic()\n"
+        "from bootstrap.cli import main\n"
+        "try:\n    main(['--json', 'plan', '--offline'], standalone_mode=False)\n"
+        "finally:\n"
+        "    heavy = [m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules]\n"
+        "    print(heavy, time.monotonic() - t, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    heavy, seconds = done.stderr.strip().splitlines()[-1].rsplit(" ", 1)
+    assert heavy == "[]"
+    json.loads(done.stdout)
+
+
+def test_module_entry_point(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bootstrap", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and "grpo-bootstrap" in done.stdout
