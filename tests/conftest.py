@@ -11,6 +11,8 @@ import socket
 
 import pytest
 
+pytest_plugins = ["tests.fakes.fixtures"]
+
 ENDPOINT_VARS = (
     "GRPO_BOOTSTRAP_HF_ENDPOINT",
     "GRPO_BOOTSTRAP_HF_MIRROR_ENDPOINT",
@@ -65,3 +67,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_modelscope_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """modelscope reads its endpoint and cache once per process into a global; start clean."""
+    import modelscope_hub.config
+
+    monkeypatch.setattr(modelscope_hub.config, "_default_config", None, raising=False)
