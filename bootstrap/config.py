@@ -142,6 +142,10 @@ class JobConfig(_Section):
     profile: str | None = Field(None, description="None = chosen from the GPU")
     backend: BackendRequest = "auto"
     detect_timeout_s: float = Field(1.5, gt=0, le=30)
+    fetch_attempts: int = Field(5, ge=1, le=50, description="tries per mirror before the next")
+    fetch_max_seconds: float = Field(3600, gt=0, description="time per mirror before the next")
+    fetch_backoff_s: float = Field(1.0, ge=0, description="first retry wait; doubles, with jitter")
+    fetch_max_wait_s: float = Field(60, ge=0, description="cap on one wait, Retry-After included")
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()

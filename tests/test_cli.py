@@ -51,7 +51,7 @@ def test_region_flag_orders_mirrors_for_china(runner: CliRunner) -> None:
     assert doc["detection"]["region"]["region"] == "cn"
     assert doc["detection"]["region"]["decided_by"] == "flag"
     assert [s["mirror"] for s in doc["dataset_sources"]] == ["modelscope", "hf-mirror", "huggingface"]
-    assert doc["dataset_sources"][0]["repo_id"] == "modelscope/gsm8k"
+    assert doc["dataset_sources"][0]["repo_id"] == "AI-ModelScope/gsm8k"
     assert doc["training"]["num_generations"] == 2
 
 

@@ -54,11 +54,14 @@ CATALOG: dict[tuple[RepoType, str], Artefact] = {
         repo_type="model",
         hf_id="Qwen/Qwen2.5-3B-Instruct",
         modelscope_id="Qwen/Qwen2.5-3B-Instruct",
+        hf_revision="aa8e72537993ba99e69dfaafa59ed015b17504d1",
     ),
+    # AI-ModelScope/gsm8k mirrors the HF parquet layout (main/{train,test}-00000-of-00001.parquet).
+    # GSM8K's content is pinned by its row counts (hub/dataset.py); the commit served is recorded.
     ("dataset", "openai/gsm8k"): Artefact(
         repo_type="dataset",
         hf_id="openai/gsm8k",
-        modelscope_id="modelscope/gsm8k",
+        modelscope_id="AI-ModelScope/gsm8k",
         config_name="main",
     ),
 }
