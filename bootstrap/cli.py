@@ -35,6 +35,11 @@ class App:
     def config(self, **command_flags: Any) -> ResolvedConfig:
         return load_config(self.config_file, flags={**self.flags, **command_flags})
 
+    @property
+    def progress(self) -> bool:
+        """Progress bars go to stderr, and not at all with --json or -q."""
+        return not self.as_json and self.verbosity >= 0
+
     def emit(self, document: BaseModel, human: Callable[[], None]) -> None:
         """One JSON document on stdout with --json, else the rich rendering."""
         if self.as_json:
@@ -164,3 +169,16 @@ def plan(app: App, job_flags: dict[str, Any]) -> None:
     """The resolved plan: mirrors, backend, profile, settings. No downloads, no training."""
     the_plan = _detect_and_plan(app, job_flags)
     app.emit(the_plan, lambda: render.plan(the_plan))
+
+
+@main.command()
+@job_options
+@click.pass_obj
+def fetch(app: App, job_flags: dict[str, Any]) -> None:
+    """Model and dataset into the workspace, verified. --offline uses only what is there."""
+    from bootstrap.hub.fetch import fetch as fetch_all
+    from bootstrap.workspace import Workspace
+
+    the_plan = _detect_and_plan(app, job_flags)
+    manifest = fetch_all(the_plan, Workspace(the_plan.config.workspace), progress=app.progress)
+    app.emit(manifest, lambda: render.manifest(manifest))

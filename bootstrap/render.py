@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
 
 from bootstrap.detect import Detection
 from bootstrap.plan import Plan
+
+if TYPE_CHECKING:
+    from bootstrap.hub.fetch import Manifest
 
 console = Console()
 
@@ -87,3 +92,20 @@ def plan(result: Plan) -> None:
     console.print(summary)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
+
+
+def manifest(result: Manifest) -> None:
+    table = Table(title="Fetched")
+    for column in ("what", "repo", "mirror", "revision", "files", "size", "where"):
+        table.add_column(column)
+    for record in (result.model, result.dataset):
+        if record is None:
+            continue
+        size = sum(f.size for f in record.files) / 2**20
+        table.add_row(
+            record.kind, record.repo_id, record.mirror, record.revision[:12],
+            str(len(record.files)), f"{size:.1f} MiB", record.path,
+        )  # fmt: skip
+        for failed in record.failed_mirrors:
+            console.print(f"[yellow]{record.kind}: {failed.mirror} failed[/] ({failed.error}, {failed.attempts} attempt(s))")
+    console.print(table)

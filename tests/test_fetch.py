@@ -255,3 +255,28 @@ def test_offline_lists_what_is_missing_then_uses_the_workspace(tmp_path: Path, h
     (ws.model_dir(QWEN_ID) / "model.safetensors").write_bytes(b"x")
     with pytest.raises(EnvironmentUnfit, match="model"):
         fetch(plan, ws, policy=FAST, progress=False, offline=True)
+
+
+def test_fetch_command_json_and_exit_codes(tmp_path: Path, hubs: dict) -> None:
+    from click.testing import CliRunner
+
+    from bootstrap.cli import main
+
+    env = {
+        "GRPO_BOOTSTRAP_HF_ENDPOINT": hubs["huggingface"].url,
+        "GRPO_BOOTSTRAP_DATASET": MINI,
+        "GRPO_BOOTSTRAP_FETCH_BACKOFF_S": "0.01",
+        "GRPO_BOOTSTRAP_FETCH_ATTEMPTS": "2",
+    }
+    args = ["--json", "--workspace", str(tmp_path / "ws"), "fetch", "--region", "global", "--mirror", "huggingface"]
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["model"]["mirror"] == "huggingface" and doc["dataset"]["outputs"]
+
+    env["GRPO_BOOTSTRAP_HF_ENDPOINT"] = closed_loopback_url()
+    args[2] = str(tmp_path / "other")
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 4
+    assert json.loads(result.stdout)["exit_code"] == 4
+    assert "huggingface (http://127.0.0.1:" in result.stderr and "after 2 attempt(s)" in result.stderr
