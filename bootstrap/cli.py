@@ -182,3 +182,17 @@ def fetch(app: App, job_flags: dict[str, Any]) -> None:
     the_plan = _detect_and_plan(app, job_flags)
     manifest = fetch_all(the_plan, Workspace(the_plan.config.workspace), progress=app.progress)
     app.emit(manifest, lambda: render.manifest(manifest))
+
+
+@main.command()
+@job_options
+@click.pass_obj
+def train(app: App, job_flags: dict[str, Any]) -> None:
+    """GRPO on the fetched model; resumes from the last checkpoint in the workspace."""
+    from bootstrap.train.grpo import train as run_training
+    from bootstrap.workspace import Workspace
+
+    the_plan = _detect_and_plan(app, job_flags)
+    the_plan.require_training()
+    result = run_training(the_plan, Workspace(the_plan.config.workspace), show_progress=app.progress)
+    app.emit(result, lambda: render.training(result))

@@ -12,6 +12,7 @@ from bootstrap.plan import Plan
 
 if TYPE_CHECKING:
     from bootstrap.hub.fetch import Manifest
+    from bootstrap.train.grpo import TrainResult
 
 console = Console()
 
@@ -108,4 +109,18 @@ def manifest(result: Manifest) -> None:
         )  # fmt: skip
         for failed in record.failed_mirrors:
             console.print(f"[yellow]{record.kind}: {failed.mirror} failed[/] ({failed.error}, {failed.attempts} attempt(s))")
+    console.print(table)
+
+
+def training(result: TrainResult) -> None:
+    table = Table(title="Training", show_header=False)
+    if result.already_done:
+        table.add_row("state", f"already finished at step {result.steps}; nothing trained")
+    else:
+        resumed = f" (resumed from {result.resumed_from.name})" if result.resumed_from else ""
+        table.add_row("steps", f"{result.steps} of {result.max_steps}{resumed} in {result.seconds:.0f} s")
+    table.add_row("backend", f"{result.backend} ({result.generation} generation): {result.backend_reason}")
+    table.add_row("lora", str(result.lora))
+    table.add_row("metrics", str(result.metrics))
+    table.add_row("samples", str(result.samples) if result.samples else "-")
     console.print(table)

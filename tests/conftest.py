@@ -72,6 +72,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _fresh_modelscope_config(monkeypatch: pytest.MonkeyPatch) -> None:
     """modelscope reads its endpoint and cache once per process into a global; start clean."""
-    import modelscope_hub.config
-
+    try:
+        import modelscope_hub.config
+    except ImportError:  # a GPU test machine may carry only the training wheels
+        return
     monkeypatch.setattr(modelscope_hub.config, "_default_config", None, raising=False)

@@ -139,3 +139,10 @@ def test_module_entry_point(tmp_path: Path) -> None:
         [sys.executable, "-m", "bootstrap", "--version"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and "grpo-bootstrap" in done.stdout
+
+
+def test_train_without_gpu_refuses_with_exit_3(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(main, ["--workspace", str(tmp_path), "train", "--offline"])
+    assert result.exit_code == 3
+    assert "--profile cpu-smoke" in result.stderr
+    assert not any(tmp_path.iterdir())  # refused before touching the workspace
