@@ -1,0 +1,153 @@
+"""A random-weight model of Qwen2.5-3B-Instruct's architecture, with a small trained tokenizer.
+
+The GPU machine cannot download Qwen (../shared/GPU.md), and timings and memory depend on the
+architecture, not on the weights: hidden 2048, intermediate 11008, 36 layers, 16 heads, 2 KV
+heads, vocabulary 151936, tied embeddings.  The tokenizer is a byte-level BPE trained here with
+`tokenizers` on GSM8K-shaped text and the recipe's XML tags, its vocabulary padded with
+unreachable filler tokens to the model's 151936 so every id the model samples decodes (vLLM
+detokenises every sampled id).  Random weights never emit EOS: completions run to max length.
+
+    python benchmarks/random_qwen.py --out /tmp/qwen2.5-3b-random            # the real sizes
+    python benchmarks/random_qwen.py --out /tmp/tiny --tiny                  # a CPU-sized one
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Qwen2.5-3B-Instruct's config.json (the values that shape compute and memory).
+QWEN25_3B: dict[str, Any] = {
+    "hidden_size": 2048,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 2,
+    "vocab_size": 151936,
+    "max_position_embeddings": 32768,
+    "rope_theta": 1000000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+}
+# The same shape, small enough for a CPU smoke run of the benchmark.
+TINY: dict[str, Any] = {
+    **QWEN25_3B,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 8192,
+}
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Qwen2.5's chat layout: <|im_start|>role\ncontent<|im_end|>\n, generation prompt for the assistant.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+TRAINED_VOCAB = 4096
+
+
+def _corpus() -> list[str]:
+    """GSM8K-shaped questions and answers plus the recipe's format, for the BPE merges."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from bootstrap.train.data import SYSTEM_PROMPT
+    from tests.fakes.assets import gsm8k_rows
+
+    rows = gsm8k_rows(2000, seed=11)
+    texts = [SYSTEM_PROMPT, "<reasoning>\nstep by step\n</reasoning>\n<answer>\n42\n</answer>"]
+    texts += [row["question"] + "\n" + row["answer"] for row in rows]
+    return texts
+
+
+def build_tokenizer(dest: Path, vocab_size: int) -> Any:
+    """Train a byte-level BPE, pad its vocabulary to `vocab_size`, save it as an HF tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=min(TRAINED_VOCAB, vocab_size),
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_corpus(), trainer)
+    # Filler entries without merges: never produced by encoding, but every id decodes.
+    spec = json.loads(tokenizer.to_str())
+    vocab: dict[str, int] = spec["model"]["vocab"]
+    next_id = max(vocab.values()) + 1
+    while next_id < vocab_size:
+        vocab[f"fill{next_id}"] = next_id
+        next_id += 1
+    tokenizer = Tokenizer.from_str(json.dumps(spec))
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        unk_token=None,
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=32768,
+    )
+    wrapped.padding_side = "left"
+    wrapped.save_pretrained(str(dest))
+    return wrapped
+
+
+def build_model(dest: Path, sizes: dict[str, Any], *, device: str, seed: int = 0) -> Path:
+    """Random Qwen2ForCausalLM of `sizes`, bf16, saved with its tokenizer at `dest`."""
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    dest.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(dest, sizes["vocab_size"])
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    config = Qwen2Config(
+        **sizes, bos_token_id=None, eos_token_id=eos, pad_token_id=pad, dtype="bfloat16"
+    )
+    torch.manual_seed(seed)
+    # Initialising 3B parameters is minutes on CPU and seconds on a GPU.
+    with torch.device(device):
+        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad)
+    model.save_pretrained(str(dest))
+    del model
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="directory to write (must not exist)"
+    )
+    parser.add_argument("--tiny", action="store_true", help="a CPU-sized model of the same shape")
+    parser.add_argument(
+        "--device", default=None, help="where to initialise (default: cuda if available)"
+    )
+    args = parser.parse_args(argv)
+    if args.out.exists():
+        parser.error(f"{args.out} exists")
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    build_model(args.out, TINY if args.tiny else QWEN25_3B, device=device)
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,331 @@
+"""The two training backends behind one small interface.
+
+- `trl`: transformers + PEFT LoRA + TRL's GRPOTrainer.  CPU smoke runs, GPUs without unsloth,
+  and (later) several GPUs through accelerate.  4-bit loading through bitsandbytes on CUDA.
+- `unsloth`: Unsloth's FastLanguageModel (its kernels, 4-bit, "unsloth" gradient checkpointing)
+  with TRL's GRPOTrainer as Unsloth patches it; generation through vLLM (`fast_inference`) when
+  the plan chose it, else HF generate.
+
+Unsloth patches transformers and TRL when it is imported, so it must come first: nothing in
+this module imports torch, transformers, peft or trl at the top; each backend imports what it
+needs in `load()`, and the unsloth backend imports unsloth before anything else.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+from abc import ABC, abstractmethod
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from bootstrap.config import TrainConfig
+from bootstrap.errors import EnvironmentUnfit
+from bootstrap.plan import BackendChoice
+
+log = logging.getLogger(__name__)
+
+Generation = Literal["vllm", "hf"]
+
+# Files a tokenizer's save_pretrained may write; copied next to the adapter.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "tokenizer.model",
+)
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def bitsandbytes_usable() -> bool:
+    """bitsandbytes is installed and CUDA is there (its 8-bit optimiser and 4-bit kernels
+    need it)."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return False
+    return cuda_available()
+
+
+def torch_dtype(dtype: str) -> Any:
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+
+
+def _local_device() -> int:
+    # Under accelerate/torchrun each process trains on the GPU of its local rank.
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+class Backend(ABC):
+    """Loads the model with its LoRA, supplies the GRPO trainer class, saves and samples.
+
+    Subclasses set `name`; `generation` says how completions are produced ("vllm" or "hf")
+    and `reason` why this backend and this generation path were chosen.
+    """
+
+    name: ClassVar[Literal["unsloth", "trl"]]
+
+    def __init__(
+        self, settings: TrainConfig, model_dir: Path, generation: Generation, reason: str
+    ) -> None:
+        self.settings = settings
+        self.model_dir = model_dir
+        self.generation: Generation = generation
+        self.reason = reason
+
+    @abstractmethod
+    def load(self) -> tuple[Any, Any, Any]:
+        """(model, tokenizer, peft_config): either the model already carries its trainable LoRA
+        and peft_config is None, or the trainer attaches the LoRA from peft_config."""
+
+    def trainer_class(self) -> type:
+        """TRL's GRPOTrainer; imported here so that unsloth (if used) was imported before it."""
+        from trl import GRPOTrainer
+
+        return GRPOTrainer
+
+    def config_overrides(self) -> dict[str, Any]:
+        """GRPOConfig fields this backend decides (generation engine, checkpointing)."""
+        return {
+            "use_vllm": False,
+            "gradient_checkpointing": self.settings.gradient_checkpointing != "false",
+        }
+
+    def save_adapter(self, model: Any, tokenizer: Any, dest: Path) -> None:
+        """Write the LoRA adapter (adapter_model.safetensors + adapter_config.json) and the
+        tokenizer files into `dest`.
+
+        Only the "default" adapter: TRL adds a frozen "ref" copy as the KL reference when it is
+        handed a model that already has a LoRA, and that copy is no part of the result.  This is
+        what unsloth's save_lora writes too (PEFT's save_pretrained of the LoRA tensors), except
+        that the tensors keep their training dtype.
+        """
+        model.save_pretrained(str(dest), selected_adapters=["default"])
+        tokenizer.save_pretrained(str(dest))
+
+    def generate(
+        self,
+        model: Any,
+        tokenizer: Any,
+        messages: list[dict[str, str]],
+        *,
+        lora_dir: Path | None,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+    ) -> str:
+        """One completion for a chat; without the LoRA when `lora_dir` is None, else with the
+        trained adapter (HF generate: the in-memory adapter, which is what `lora_dir` holds)."""
+        import torch
+
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+        without_lora = model.disable_adapter() if lora_dir is None else nullcontext()
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), without_lora:
+                output = model.generate(
+                    **inputs,
+                    do_sample=temperature > 0,
+                    temperature=temperature if temperature > 0 else None,
+                    top_p=top_p if temperature > 0 else None,
+                    max_new_tokens=max_tokens,
+                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                )
+        finally:
+            model.train(was_training)
+        return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+class TrlBackend(Backend):
+    """transformers + PEFT LoRA; TRL's own GRPOTrainer with HF generate."""
+
+    name = "trl"
+
+    def load(self) -> tuple[Any, Any, Any]:
+        from peft import LoraConfig, prepare_model_for_kbit_training
+        from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+        s = self.settings
+        set_seed(s.seed)  # the LoRA's random init
+        kwargs: dict[str, Any] = {"dtype": torch_dtype(s.dtype)}
+        on_cuda = cuda_available()
+        if on_cuda:
+            kwargs["device_map"] = {"": _local_device()}
+        if s.load_in_4bit:
+            if not (on_cuda and bitsandbytes_usable()):
+                raise EnvironmentUnfit(
+                    "load_in_4bit needs CUDA and bitsandbytes, and this machine lacks "
+                    + ("bitsandbytes" if on_cuda else "CUDA"),
+                    hint="set load_in_4bit: false (GRPO_BOOTSTRAP_LOAD_IN_4BIT=false) or "
+                    "install bitsandbytes (pip install 'grpo-bootstrap[gpu]')",
+                )
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch_dtype(s.dtype),
+            )
+        model = AutoModelForCausalLM.from_pretrained(str(self.model_dir), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if s.load_in_4bit:
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=s.gradient_checkpointing != "false"
+            )
+        # Handed to the trainer rather than applied here: TRL then computes the KL reference
+        # with the (zero-initialised) adapter disabled instead of keeping a frozen copy of it.
+        lora = LoraConfig(
+            r=s.lora_rank,
+            lora_alpha=s.lora_alpha,
+            target_modules=list(s.lora_target_modules),
+            lora_dropout=0.0,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        return model, tokenizer, lora
+
+
+class UnslothBackend(Backend):
+    """Unsloth's FastLanguageModel; vLLM generation through `fast_inference` when chosen."""
+
+    name = "unsloth"
+
+    def load(self) -> tuple[Any, Any, Any]:
+        from unsloth import FastLanguageModel  # first: it patches transformers and TRL
+
+        s = self.settings
+        use_vllm = self.generation == "vllm"
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=str(self.model_dir),
+            max_seq_length=s.max_seq_length,
+            dtype=torch_dtype(s.dtype) if s.dtype != "fp32" else None,
+            load_in_4bit=s.load_in_4bit,
+            fast_inference=use_vllm,
+            max_lora_rank=s.lora_rank,
+            gpu_memory_utilization=s.gpu_memory_utilization,
+            random_state=s.seed,
+        )
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=s.lora_rank,
+            target_modules=list(s.lora_target_modules),
+            lora_alpha=s.lora_alpha,
+            lora_dropout=0,
+            bias="none",
+            use_gradient_checkpointing=_unsloth_checkpointing(s.gradient_checkpointing),
+            random_state=s.seed,
+        )
+        return model, tokenizer, None
+
+    def config_overrides(self) -> dict[str, Any]:
+        # Unsloth's patched GRPOTrainer generates through the model's own vLLM engine
+        # (fast_inference) when use_vllm is on; the recipe sets it the same way.
+        return {**super().config_overrides(), "use_vllm": self.generation == "vllm"}
+
+    def generate(
+        self,
+        model: Any,
+        tokenizer: Any,
+        messages: list[dict[str, str]],
+        *,
+        lora_dir: Path | None,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+    ) -> str:
+        if self.generation != "vllm":
+            from unsloth import FastLanguageModel
+
+            FastLanguageModel.for_inference(model)
+            try:
+                return super().generate(
+                    model, tokenizer, messages, lora_dir=lora_dir,
+                    temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                )  # fmt: skip
+            finally:
+                FastLanguageModel.for_training(model)
+        from vllm import SamplingParams
+
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+        # The seed's 2.7 / 2.9: no lora_request = the base model; load_lora = the saved adapter.
+        request = model.load_lora(str(lora_dir)) if lora_dir is not None else None
+        outputs = model.fast_generate([text], sampling_params=params, lora_request=request)
+        return outputs[0].outputs[0].text
+
+
+def _unsloth_checkpointing(value: str) -> str | bool:
+    return {"unsloth": "unsloth", "true": True, "false": False}[value]
+
+
+def _import_error(module: str) -> str | None:
+    """None when `module` imports, else the reason in one line."""
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - any failure (ImportError, CUDA init) means unusable
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return None
+
+
+def make_backend(
+    choice: BackendChoice,
+    requested: str,
+    vllm_toggle: str,
+    settings: TrainConfig,
+    model_dir: Path,
+) -> Backend:
+    """The backend the plan chose, imported for real.
+
+    The plan only checked that unsloth/vllm are installed (importing them grabs the GPU); here
+    they are imported.  When unsloth was chosen automatically ("auto") and fails to import, the
+    job falls back to trl; when the user asked for it, that is EnvironmentUnfit (exit 3).  vLLM
+    likewise falls back to HF generate unless `vllm: on` was asked for.  Every decision is
+    logged with its reason.
+    """
+    backend: Backend
+    if choice.name == "trl":
+        backend = TrlBackend(settings, model_dir, "hf", choice.reason)
+    elif (failure := _import_error("unsloth")) is not None:
+        if requested == "unsloth":
+            raise EnvironmentUnfit(
+                f"the unsloth backend was requested but unsloth does not import ({failure})",
+                hint="use --backend trl, or fix the unsloth install "
+                "(pip install 'grpo-bootstrap[gpu]')",
+            )
+        backend = TrlBackend(
+            settings, model_dir, "hf", f"unsloth does not import ({failure}): plain TRL + PEFT"
+        )
+    elif choice.generation == "vllm" and (failure := _import_error("vllm")) is not None:
+        if vllm_toggle == "on":
+            raise EnvironmentUnfit(
+                f"vllm: on, but vllm does not import ({failure})",
+                hint="set vllm: auto or off to generate with HF, or fix the vllm install",
+            )
+        backend = UnslothBackend(
+            settings,
+            model_dir,
+            "hf",
+            f"{choice.reason}, but vllm does not import ({failure}): HF generate",
+        )
+    else:
+        backend = UnslothBackend(settings, model_dir, choice.generation, choice.reason)
+    log.info("backend %s, generation %s: %s", backend.name, backend.generation, backend.reason)
+    return backend

@@ -1,0 +1,474 @@
+"""Build and run the GRPO trainer: checkpoints, resume, signals, the saved LoRA and samples.
+
+Contract of `train()` (what `grpo-bootstrap train` and `run` rely on):
+- Checkpoints go to <workspace>/checkpoints/checkpoint-<step> every `save_steps` steps, at the
+  last step, and when SIGTERM/SIGINT arrives (then it raises Interrupted, exit 130).
+- Calling it again resumes from the last complete checkpoint (one with trainer_state.json):
+  the global step continues and `max_steps` keeps its meaning (total steps, not steps more).
+- A finished run (last checkpoint at or past max_steps and <workspace>/lora/ complete) is not
+  trained again: `train` returns at once with `already_done=True`.  If the run finished but the
+  process died before the LoRA was written, the adapter is taken from the final checkpoint.
+- <workspace>/metrics.jsonl gets one line per step; lines of steps a resumed run redoes
+  (logged after the checkpoint it resumes from) are dropped first, so no step appears twice.
+- Anything the trainer raises becomes TrainingFailed (exit 5); the checkpoints stay.
+
+Nothing here imports torch, transformers or trl at module level: the unsloth backend must be
+imported before them (see backends.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from bootstrap.config import TrainConfig
+from bootstrap.errors import BootstrapError, ConfigError, Interrupted, TrainingFailed
+from bootstrap.plan import Plan
+from bootstrap.train.backends import ADAPTER_FILES, TOKENIZER_FILES, Backend, make_backend
+from bootstrap.train.metrics import metrics_callback, prune_metrics
+from bootstrap.train.samples import write_samples
+from bootstrap.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+# TRL's default KL coefficient when Unsloth's notebook was written (TRL 0.14/0.15).  TRL 1.x
+# defaults to 0.0, which drops the KL term and its metric; the recipe keeps it.
+RECIPE_BETA = 0.04
+# Checkpoints kept on disk: the newest to resume from, one older in case the newest is damaged.
+CHECKPOINTS_KEPT = 2
+TRAINER_STATE = "trainer_state.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+class TrainResult(BaseModel):
+    """What one `train` call did; printed by `train --json`."""
+
+    steps: int  # global step reached
+    max_steps: int
+    resumed_from: Path | None  # the checkpoint this call resumed from
+    already_done: bool  # nothing was trained: the run had finished before
+    lora: Path
+    metrics: Path
+    samples: Path | None  # None when the samples could not be generated (see the log)
+    backend: Literal["unsloth", "trl"]
+    generation: Literal["vllm", "hf"]
+    backend_reason: str  # why this backend and generation path (logged too)
+    seconds: float
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+
+def checkpoint_step(path: Path) -> int:
+    match = _CHECKPOINT.match(path.name)
+    if match is None:
+        raise ValueError(f"{path} is not a checkpoint-<step> directory")
+    return int(match.group(1))
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint in `folder`, or None.
+
+    The rule of transformers' get_last_checkpoint (highest checkpoint-<step> directory), plus
+    completeness: the Trainer writes trainer_state.json last, so a directory without it is a
+    save that was cut short (kill -9, full disk) and is skipped.  Implemented here rather than
+    imported because transformers must not be imported before unsloth.
+    """
+    if not folder.is_dir():
+        return None
+    found = [p for p in folder.iterdir() if p.is_dir() and _CHECKPOINT.match(p.name)]
+    for path in sorted(found, key=checkpoint_step, reverse=True):
+        if (path / TRAINER_STATE).is_file():
+            return path
+        log.warning("ignoring incomplete checkpoint %s (no %s)", path, TRAINER_STATE)
+    return None
+
+
+def lora_complete(path: Path) -> bool:
+    return all((path / name).is_file() for name in ADAPTER_FILES)
+
+
+@contextlib.contextmanager
+def _staging_dir(dest: Path) -> Iterator[Path]:
+    """A temporary sibling of `dest` that replaces `dest` when the block succeeds."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the result from other users of the machine
+    try:
+        yield tmp
+        missing = [name for name in ADAPTER_FILES if not (tmp / name).is_file()]
+        if missing:
+            raise TrainingFailed(f"saving the LoRA adapter did not write {', '.join(missing)}")
+        old = dest.with_name(f".{dest.name}.old")
+        if dest.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            dest.rename(old)
+        tmp.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _lora_from_checkpoint(checkpoint: Path, dest: Path) -> None:
+    """Copy the adapter and tokenizer the Trainer saved in `checkpoint` to `dest`."""
+    with _staging_dir(dest) as tmp:
+        for name in (*ADAPTER_FILES, *TOKENIZER_FILES):
+            if (checkpoint / name).is_file():
+                shutil.copy2(checkpoint / name, tmp / name)
+
+
+# --- the trainer's configuration --------------------------------------------------------------
+
+
+def grpo_config_kwargs(
+    settings: TrainConfig,
+    *,
+    output_dir: Path,
+    cuda: bool,
+    bitsandbytes: bool,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """GRPOConfig keyword arguments for the resolved recipe (TRL 1.15 field names).
+
+    - `max_prompt_length` is not a GRPOConfig field in TRL 1.x (TRL no longer truncates
+      prompts); the recipe's limit is applied to the dataset instead (`filter_long_prompts`).
+    - paged_adamw_8bit (the recipe's optimiser) needs bitsandbytes and CUDA; elsewhere the
+      optimiser is adamw_torch, and the log says why.
+    - dtype maps to bf16/fp16 mixed precision; fp32 turns both off (TRL defaults bf16 on).
+    - transformers 5 has no `warmup_ratio`; `warmup_steps` below 1 is read as the ratio.
+    - `beta` (KL coefficient) is the recipe's 0.04, see RECIPE_BETA.
+    """
+    optim = settings.optim
+    if "8bit" in optim and not (cuda and bitsandbytes):
+        log.info(
+            "optimiser %s needs bitsandbytes on CUDA (%s): using adamw_torch",
+            optim,
+            "no CUDA" if not cuda else "bitsandbytes not installed",
+        )
+        optim = "adamw_torch"
+    kwargs: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "learning_rate": settings.learning_rate,
+        "adam_beta1": settings.adam_beta1,
+        "adam_beta2": settings.adam_beta2,
+        "weight_decay": settings.weight_decay,
+        # transformers 5 folded warmup_ratio into warmup_steps: a float below 1 is a ratio.
+        "warmup_steps": settings.warmup_ratio if settings.warmup_ratio < 1 else settings.max_steps,
+        "lr_scheduler_type": settings.lr_scheduler_type,
+        "optim": optim,
+        "logging_steps": settings.logging_steps,
+        "per_device_train_batch_size": settings.per_device_train_batch_size,
+        "gradient_accumulation_steps": settings.gradient_accumulation_steps,
+        "num_generations": settings.num_generations,
+        "max_completion_length": settings.max_completion_length,
+        "max_steps": settings.max_steps,
+        "save_strategy": "steps",
+        "save_steps": settings.save_steps,
+        "save_total_limit": CHECKPOINTS_KEPT,
+        "max_grad_norm": settings.max_grad_norm,
+        "bf16": settings.dtype == "bf16",
+        "fp16": settings.dtype == "fp16",
+        "seed": settings.seed,
+        "beta": RECIPE_BETA,
+        "report_to": "none",
+        "disable_tqdm": True,  # our own progress bar (metrics.py) replaces the Trainer's
+        "vllm_gpu_memory_utilization": settings.gpu_memory_utilization or 0.5,
+    }
+    kwargs.update(overrides or {})
+    return kwargs
+
+
+def filter_long_prompts(dataset: Any, tokenizer: Any, max_prompt_length: int) -> Any:
+    """Drop rows whose chat-formatted prompt exceeds `max_prompt_length` tokens.
+
+    TRL 1.x has no max_prompt_length (it used to cut prompts from the left, which removes the
+    system prompt the rewards depend on); dropping the few long GSM8K questions keeps every
+    prompt whole.  Raises ConfigError if nothing is left.
+    """
+
+    def fits(row: dict[str, Any]) -> bool:
+        text = tokenizer.apply_chat_template(
+            row["prompt"], tokenize=False, add_generation_prompt=True
+        )
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_prompt_length
+
+    kept = dataset.filter(fits)
+    dropped = len(dataset) - len(kept)
+    if dropped:
+        log.info(
+            "dropped %d of %d prompts longer than %d tokens",
+            dropped,
+            len(dataset),
+            max_prompt_length,
+        )
+    if len(kept) == 0:
+        raise ConfigError(
+            f"every training prompt is longer than max_prompt_length {max_prompt_length} tokens",
+            hint="raise max_prompt_length (and max_seq_length)",
+        )
+    return kept
+
+
+# --- signals ----------------------------------------------------------------------------------
+
+
+class StopRequest:
+    """Set by SIGTERM/SIGINT; the trainer checks it at the end of each step.
+
+    The first signal asks for a checkpoint and a clean stop.  A second SIGINT (Ctrl-C twice)
+    raises KeyboardInterrupt at once, for a user who does not want to wait for the step.
+    """
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal_name is not None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = name
+        log.warning("%s received: saving a checkpoint at the end of this step, then stopping", name)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        """Handle SIGTERM and SIGINT inside the block; the previous handlers come back after.
+
+        Outside the main thread Python cannot install handlers; the run then has no graceful
+        stop (the log says so) but still checkpoints every save_steps.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            log.info("not in the main thread: SIGTERM/SIGINT will not trigger a checkpoint")
+            yield self
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        for sig in previous:
+            signal.signal(sig, self._handle)
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def stop_callback(request: StopRequest) -> Any:
+    """A TrainerCallback that turns a StopRequest into 'save a checkpoint now, then stop'."""
+    from transformers import TrainerCallback
+
+    class SignalCheckpoint(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if request:
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return SignalCheckpoint()
+
+
+# --- train --------------------------------------------------------------------------------------
+
+
+def _kept_message(workspace: Workspace) -> str:
+    last = last_checkpoint(workspace.checkpoints)
+    if last is None:
+        return "no checkpoint was written yet"
+    return f"the last checkpoint is kept in {last} (step {checkpoint_step(last)})"
+
+
+def _prepare_dataset(settings: TrainConfig, workspace: Workspace, tokenizer: Any) -> Any:
+    from bootstrap.train.data import SYSTEM_PROMPT, load_gsm8k_split
+
+    dataset = load_gsm8k_split(
+        workspace.split_path("train"), system_prompt=settings.system_prompt or SYSTEM_PROMPT
+    )
+    return filter_long_prompts(dataset, tokenizer, settings.max_prompt_length)
+
+
+def _run_trainer(
+    settings: TrainConfig,
+    workspace: Workspace,
+    backend: Backend,
+    resume: Path | None,
+    show_progress: bool,
+) -> tuple[Any, Any, int]:
+    """Load, train (resuming from `resume`), stop on a signal. Returns (model, tokenizer, step)."""
+    from bootstrap.train.backends import bitsandbytes_usable, cuda_available
+    from bootstrap.train.rewards import REWARD_FUNCS
+
+    request = StopRequest()
+    with request.installed():
+        model, tokenizer, peft_config = backend.load()
+        from transformers import PrinterCallback
+        from trl import GRPOConfig  # after backend.load(): unsloth (if used) is imported first
+
+        dataset = _prepare_dataset(settings, workspace, tokenizer)
+        args = GRPOConfig(
+            **grpo_config_kwargs(
+                settings,
+                output_dir=workspace.checkpoints,
+                cuda=cuda_available(),
+                bitsandbytes=bitsandbytes_usable(),
+                overrides=backend.config_overrides(),
+            ),
+            dataloader_pin_memory=cuda_available(),
+        )
+        metrics = metrics_callback(
+            workspace.metrics,
+            completions_per_step=args.generation_batch_size,
+            show_progress=show_progress,
+        )
+        trainer = backend.trainer_class()(
+            model=model,
+            processing_class=tokenizer,
+            reward_funcs=list(REWARD_FUNCS),
+            args=args,
+            train_dataset=dataset,
+            peft_config=peft_config,
+            callbacks=[metrics, stop_callback(request)],
+        )
+        # With tqdm off the Trainer prints every log dict; metrics.jsonl and our bar replace it.
+        trainer.remove_callback(PrinterCallback)
+        model = trainer.model  # the PeftModel, whichever side attached the LoRA
+        if request:
+            raise Interrupted(
+                f"{request.signal_name} received before training started; "
+                f"{_kept_message(workspace)}",
+                hint="run `grpo-bootstrap train` again to resume",
+            )
+        try:
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        finally:
+            metrics.close()
+        step = int(trainer.state.global_step)
+        if request:
+            raise Interrupted(
+                f"{request.signal_name} received: checkpoint saved at step {step} in "
+                f"{workspace.checkpoints / f'checkpoint-{step}'}",
+                hint="run `grpo-bootstrap train` again to resume from it",
+            )
+    return model, tokenizer, step
+
+
+def train(plan: Plan, workspace: Workspace, *, show_progress: bool = True) -> TrainResult:
+    """Run (or resume, or recognise as finished) the GRPO job the plan describes.
+
+    Raises:
+        EnvironmentUnfit: the machine cannot train (plan refusal, unsloth/bitsandbytes missing
+            where they were required).
+        ConfigError: the model or the GSM8K split is not in the workspace (run `fetch`).
+        Interrupted: SIGTERM/SIGINT; the checkpoint saved and its step are in the message.
+        TrainingFailed: the trainer raised; the last checkpoint is kept.
+    """
+    started = time.perf_counter()
+    settings = plan.require_training()
+    model_dir = workspace.model_dir(plan.config.model)
+    if not (model_dir / "config.json").is_file():
+        raise ConfigError(
+            f"model {plan.config.model} is not in the workspace ({model_dir})",
+            hint="run `grpo-bootstrap fetch` first",
+        )
+    resume = last_checkpoint(workspace.checkpoints)
+    done_step = checkpoint_step(resume) if resume else 0
+
+    def result(**fields: Any) -> TrainResult:
+        base: dict[str, Any] = {
+            "max_steps": settings.max_steps,
+            "resumed_from": resume,
+            "lora": workspace.lora,
+            "metrics": workspace.metrics,
+            "backend": plan.backend.name,
+            "generation": plan.backend.generation,
+            "backend_reason": plan.backend.reason,
+            "seconds": time.perf_counter() - started,
+        }
+        return TrainResult(**{**base, **fields})
+
+    if resume is not None and done_step >= settings.max_steps:
+        if not lora_complete(workspace.lora):
+            log.info("run finished at step %d but the LoRA was not saved: taking it from %s",
+                     done_step, resume)  # fmt: skip
+            _lora_from_checkpoint(resume, workspace.lora)
+        log.info("training already finished (step %d of max_steps %d); LoRA in %s",
+                 done_step, settings.max_steps, workspace.lora)  # fmt: skip
+        samples = workspace.samples if workspace.samples.is_file() else None
+        return result(steps=done_step, already_done=True, samples=samples)
+
+    if resume is not None:
+        log.info("resuming from %s (step %d of %d)", resume, done_step, settings.max_steps)
+        dropped = prune_metrics(workspace.metrics, keep_through_step=done_step)
+        if dropped:
+            log.info(
+                "dropped %d metrics line(s) after step %d: those steps run again",
+                dropped,
+                done_step,
+            )
+    elif workspace.metrics.exists():
+        prune_metrics(workspace.metrics, keep_through_step=0)
+
+    # Unsloth and some libraries print banners on stdout, which `--json` reserves for its document.
+    with contextlib.redirect_stdout(sys.stderr):
+        backend = make_backend(
+            plan.backend, plan.config.backend, settings.vllm, settings, model_dir
+        )
+        try:
+            model, tokenizer, step = _run_trainer(
+                settings, workspace, backend, resume, show_progress
+            )
+            with _staging_dir(workspace.lora) as tmp:
+                backend.save_adapter(model, tokenizer, tmp)
+        except BootstrapError:
+            raise
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted before a checkpoint could be saved; {_kept_message(workspace)}",
+                hint="run `grpo-bootstrap train` again to resume",
+            ) from None
+        except Exception as exc:
+            raise TrainingFailed(
+                f"GRPO training failed: {type(exc).__name__}: {exc}; {_kept_message(workspace)}",
+                hint=_failure_hint(exc),
+            ) from exc
+        log.info("LoRA adapter saved to %s", workspace.lora)
+        samples = _samples(backend, model, tokenizer, settings, workspace, step)
+    return result(
+        steps=step, already_done=False, samples=samples,
+        backend=backend.name, generation=backend.generation, backend_reason=backend.reason,
+    )  # fmt: skip
+
+
+def _samples(backend: Backend, model: Any, tokenizer: Any, settings: TrainConfig,
+             workspace: Workspace, step: int) -> Path | None:  # fmt: skip
+    """samples.md; a failure here is logged, not fatal: the adapter is already saved."""
+    try:
+        return write_samples(
+            backend, model, tokenizer, settings,
+            lora_dir=workspace.lora, dest=workspace.samples, steps=step,
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001
+        log.warning(
+            "before/after samples failed (%s: %s); the LoRA is saved", type(exc).__name__, exc
+        )
+        return None
+
+
+def _failure_hint(exc: BaseException) -> str:
+    if "out of memory" in str(exc).lower():
+        return (
+            "lower num_generations, max_completion_length or gpu_memory_utilization, then run "
+            "`grpo-bootstrap train` again: it resumes from the last checkpoint"
+        )
+    return "fix the cause and run `grpo-bootstrap train` again: it resumes from the last checkpoint"
