@@ -159,7 +159,8 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         **os.environ,
         "PYTHONUNBUFFERED": "1",
         "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(REPO_ROOT),
+        # keep the caller's path (wheels installed with --target) and add the repository
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
     }
     print(f"[{variant}] running, log in {log}", file=sys.stderr, flush=True)
     with log.open("w") as handle:

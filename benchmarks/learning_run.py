@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> Path:
         "num_generations": args.num_generations, "max_completion_length": args.completion_length,
         "max_prompt_length": 256, "max_seq_length": 1024, "load_in_4bit": False,
         "lora_rank": 64, "sample_max_tokens": 256, "profile": args.profile,
+        "one_shot": args.one_shot,
     }  # fmt: skip
     config = load_config(environ={}, flags=flags).config
     plan = build_plan(config, detect(config))
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=5e-6)
     parser.add_argument("--num-generations", type=int, default=8)
     parser.add_argument("--completion-length", type=int, default=200)
+    parser.add_argument("--one-shot", action="store_true", help="one worked example before each question")
     parser.add_argument("--profile", default=None, help="cpu-smoke to check the script on a CPU")
     args = parser.parse_args(argv)
     print(table(run(args)))

@@ -97,6 +97,7 @@ class TrainConfig(_Section):
     max_grad_norm: float = Field(0.1, gt=0)
     vllm: Toggle = Field("auto", description="vLLM fast generation in the unsloth backend")
     system_prompt: str | None = Field(None, description="None = the recipe's XML format prompt")
+    one_shot: bool = Field(False, description="show one worked example first (for small models)")
     sample_question: str = "How many r's are in strawberry?"
     sample_temperature: float = Field(0.8, ge=0)
     sample_top_p: float = Field(0.95, gt=0, le=1)

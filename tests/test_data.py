@@ -180,3 +180,16 @@ def test_unreadable_inputs_are_config_errors(tmp_path: Path) -> None:
         load_gsm8k_split(no_gold)
     with pytest.raises(ConfigError, match="limit"):
         load_gsm8k_split(tmp_path / "absent.parquet", limit=0)
+
+
+def test_one_shot_puts_a_worked_example_before_the_question() -> None:
+    from bootstrap.train.data import ONE_SHOT_EXAMPLE
+    from bootstrap.train.rewards import correctness, strict_format
+
+    plain = build_prompt("What is 2 + 2?")
+    shot = build_prompt("What is 2 + 2?", one_shot=True)
+    assert [m["role"] for m in plain] == ["system", "user"]
+    assert [m["role"] for m in shot] == ["system", "user", "assistant", "user"]
+    assert shot[0] == plain[0] and shot[-1] == plain[-1]
+    # the example must itself earn the format rewards it is there to teach
+    assert strict_format(ONE_SHOT_EXAMPLE[1]) == 0.5 and correctness(ONE_SHOT_EXAMPLE[1], "7") == 2.0

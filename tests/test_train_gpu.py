@@ -98,7 +98,7 @@ def run_train(ws: Workspace, **flags: Any) -> dict[str, Any]:
         text=True,
         env={
             **os.environ,
-            "PYTHONPATH": str(REPO_ROOT),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
         },

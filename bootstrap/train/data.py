@@ -27,6 +27,15 @@ SYSTEM_PROMPT = (
 
 GSM8K_COLUMNS = ("question", "answer")
 
+# One worked exchange in the format, shown before the real question when `one_shot` is on.
+# Small models (SmolLM2-135M) never emit the tags from the system prompt alone, so every
+# reward is 0 and GRPO has no signal; an earlier assistant turn in the format gives them one.
+ONE_SHOT_EXAMPLE = (
+    "Tom has 3 apples and buys 4 more. How many apples does he have?",
+    "<reasoning>\nTom starts with 3 apples and buys 4 more, so he has 3 + 4 = 7 apples.\n"
+    "</reasoning>\n<answer>\n7\n</answer>",
+)
+
 # A number as people and models write it: optional sign, optional currency symbol, thousands
 # separated by commas (only in groups of three, so "1,2" is not mistaken for a number), optional
 # decimals, an optional "%" and an optional full stop that ends the sentence.
@@ -84,10 +93,22 @@ def extract_xml_answer(completion: str) -> str:
     return completion.split("<answer>")[-1].split("</answer>")[0].strip()
 
 
-def build_prompt(question: str, system_prompt: str = SYSTEM_PROMPT) -> list[dict[str, str]]:
-    """The conversational prompt TRL expects: the system prompt, then the question as the user."""
+def build_prompt(
+    question: str, system_prompt: str = SYSTEM_PROMPT, *, one_shot: bool = False
+) -> list[dict[str, str]]:
+    """The conversational prompt TRL expects: the system prompt, then the question as the user;
+    with `one_shot`, `ONE_SHOT_EXAMPLE` as a user/assistant exchange in between."""
+    example = (
+        [
+            {"role": "user", "content": ONE_SHOT_EXAMPLE[0]},
+            {"role": "assistant", "content": ONE_SHOT_EXAMPLE[1]},
+        ]
+        if one_shot
+        else []
+    )
     return [
         {"role": "system", "content": system_prompt},
+        *example,
         {"role": "user", "content": question},
     ]
 
@@ -129,6 +150,7 @@ def load_gsm8k_split(
     *,
     limit: int | None = None,
     system_prompt: str = SYSTEM_PROMPT,
+    one_shot: bool = False,
 ) -> datasets.Dataset:
     """Read one GSM8K parquet file into a Dataset of prompt / answer / question rows.
 
@@ -148,7 +170,11 @@ def load_gsm8k_split(
             dropped += 1
             continue
         records.append(
-            {"prompt": build_prompt(question, system_prompt), "answer": gold, "question": question}
+            {
+                "prompt": build_prompt(question, system_prompt, one_shot=one_shot),
+                "answer": gold,
+                "question": question,
+            }
         )
         if limit is not None and len(records) == limit:
             break

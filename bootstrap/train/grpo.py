@@ -293,7 +293,9 @@ def _prepare_dataset(settings: TrainConfig, workspace: Workspace, tokenizer: Any
     from bootstrap.train.data import SYSTEM_PROMPT, load_gsm8k_split
 
     dataset = load_gsm8k_split(
-        workspace.split_path("train"), system_prompt=settings.system_prompt or SYSTEM_PROMPT
+        workspace.split_path("train"),
+        system_prompt=settings.system_prompt or SYSTEM_PROMPT,
+        one_shot=settings.one_shot,
     )
     return filter_long_prompts(dataset, tokenizer, settings.max_prompt_length)
 

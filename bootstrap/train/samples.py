@@ -39,7 +39,9 @@ def _answer(backend: Backend, model: Any, tokenizer: Any, settings: TrainConfig,
     text = backend.generate(
         model,
         tokenizer,
-        build_prompt(settings.sample_question, settings.system_prompt or SYSTEM_PROMPT),
+        build_prompt(
+            settings.sample_question, settings.system_prompt or SYSTEM_PROMPT, one_shot=settings.one_shot
+        ),
         lora_dir=lora_dir,
         temperature=settings.sample_temperature,
         top_p=settings.sample_top_p,
