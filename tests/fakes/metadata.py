@@ -3,8 +3,9 @@
 `FakeServer` maps (method, path) to a `Reply`; a reply can demand request headers (and answers
 what the real service answers when they are missing), wait before answering, or accept the
 request and never answer.  Every request is recorded, so a test can prove what was (or was not)
-sent.  `play_cloud()` installs the routes of one cloud's metadata service; `play_hub()` makes
-the server a hub endpoint for the reachability race.
+sent.  The HTTP side is the package's loopback server (bootstrap.demo.server); this module only
+decides the replies.  `play_cloud()` installs the routes of one cloud's metadata service;
+`play_hub()` makes the server a hub endpoint for the reachability race.
 
     with FakeServer() as server:
         play_cloud(server, "aws", "cn-north-1")
@@ -14,13 +15,13 @@ the server a hub endpoint for the reachability race.
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 from urllib.parse import urlsplit
 
 from typing_extensions import Self
+
+from bootstrap.demo.server import Exchange, Response, RouteServer
 
 Mode = Literal["answer", "404", "hang", "slow"]
 
@@ -47,6 +48,17 @@ class Request:
 NOT_FOUND = Reply(404, "Not Found", {"Content-Type": "text/plain"})
 
 
+class _Stage(RouteServer):
+    """The package's loopback server with its answers handed to a FakeServer."""
+
+    def __init__(self, player: FakeServer) -> None:
+        super().__init__()
+        self.player = player
+
+    def serve(self, exchange: Exchange) -> None:
+        self.player._respond(exchange)
+
+
 class FakeServer:
     """A threaded HTTP server on 127.0.0.1, port 0; a context manager that shuts itself down."""
 
@@ -54,67 +66,40 @@ class FakeServer:
         self.routes: dict[tuple[str, str], Reply] = {}
         self.fallback = fallback
         self.requests: list[Request] = []
-        self._closing = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._httpd.daemon_threads = True
-        # A short poll interval keeps shutdown (and so each test's teardown) quick.
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
+        self._stage = _Stage(self)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        return self._stage.url
 
     def route(self, method: str, path: str, reply: Reply) -> None:
         self.routes[(method, path)] = reply
 
     def __enter__(self) -> Self:
-        self._thread.start()
+        self._stage.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._closing.set()  # releases hanging handlers
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._stage.stop()  # also releases hanging handlers
 
-    def _respond(self, handler: BaseHTTPRequestHandler) -> None:
-        headers = {k.lower(): v for k, v in handler.headers.items()}
-        self.requests.append(Request(handler.command, handler.path, headers))
-        reply = self.routes.get((handler.command, urlsplit(handler.path).path), self.fallback)
+    def _respond(self, exchange: Exchange) -> None:
+        incoming = exchange.request
+        headers = incoming.headers
+        self.requests.append(Request(incoming.method, incoming.target, headers))
+        reply = self.routes.get((incoming.method, urlsplit(incoming.target).path), self.fallback)
         for name, value in reply.requires.items():
             if name.lower() not in headers or (value and headers[name.lower()] != value):
                 reply = reply.refusal or NOT_FOUND
                 break
         if reply.hang:
-            self._closing.wait()
+            self._stage.stopping.wait()
             return
         if reply.delay_s:
-            self._closing.wait(reply.delay_s)
-        body = reply.body.encode()
-        handler.send_response(reply.status)
-        for name, value in reply.headers.items():
-            handler.send_header(name, value)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        if handler.command != "HEAD":
-            handler.wfile.write(body)
-
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _any(self) -> None:
-                server._respond(self)
-
-            do_GET = do_HEAD = do_PUT = do_POST = _any
-
-            def log_message(self, format: str, *args: object) -> None:  # keep pytest output clean
-                pass
-
-        return Handler
+            self._stage.stopping.wait(reply.delay_s)
+        # The reply's own headers, verbatim: no Content-Type unless the reply names one.
+        exchange.send(
+            Response(reply.status, dict(reply.headers), reply.body.encode(), None, ranges=False)
+        )
 
 
 TEXT = {"Content-Type": "text/plain"}

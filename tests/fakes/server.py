@@ -1,10 +1,10 @@
-"""A small threaded loopback HTTP server with fault injection, shared by the fake hubs.
+"""Fault injection and request recording on top of the package's loopback server.
 
-The hubs only describe *what* to answer (a :class:`Response`); this module decides *how* it
-goes over the wire: Range requests (206), HEAD, and the faults a flaky mirror produces.  A fault
-plan is a list of (pattern, fault, remaining count); each request takes the first matching
-entry, so ``plan.add(r"model\\.safetensors", Fault.http(503), times=2)`` breaks exactly the next
-two requests for that file and then lets it through.
+The routes (what to answer) live in :mod:`bootstrap.demo.server` and :mod:`bootstrap.demo.hub`;
+:class:`LoopbackServer` overrides their ``serve`` hook to spoil answers the way a flaky mirror
+does.  A fault plan is a list of (pattern, fault, remaining count); each request takes the first
+matching entry, so ``plan.add(r"model\\.safetensors", Fault.http(503), times=2)`` breaks exactly
+the next two requests for that file and then lets it through.
 
 Every request is recorded (method, target, headers without credential values, status, fault,
 body bytes sent) so tests can assert what the real client did: how often it retried, whether it
@@ -13,18 +13,26 @@ resumed with a Range, whether it sent a token.
 
 from __future__ import annotations
 
-import hashlib
 import re
-import socket
-import struct
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
 
-CHUNK = 256 * 1024
+from bootstrap.demo.hub import file_digests
+from bootstrap.demo.server import BodyFilter, Exchange, Request, Response, RouteServer
+
+__all__ = [
+    "Fault",
+    "FaultPlan",
+    "LoopbackServer",
+    "Request",
+    "RequestRecord",
+    "Response",
+    "file_digests",
+]
+
 SECRET_HEADERS = ("authorization", "cookie")
 
 
@@ -128,97 +136,83 @@ class RequestRecord:
     fault: str | None = None
     body_bytes: int = 0
 
-
-@dataclass
-class Response:
-    """What a hub wants to answer.  ``body`` is bytes or a file streamed from disk."""
-
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes | Path = b""
-    content_type: str = "application/octet-stream"
-    ranges: bool = True
-
-    @property
-    def size(self) -> int:
-        return self.body.stat().st_size if isinstance(self.body, Path) else len(self.body)
-
-
-Handler = Callable[["Request"], Response]
+    @classmethod
+    def of(cls, request: Request) -> RequestRecord:
+        headers = request.headers
+        cookie_token = re.search(r"m_session_id=([^;]+)", headers.get("cookie", ""))
+        return cls(
+            method=request.method,
+            target=unquote(request.target),
+            path=request.path,
+            query=unquote(request.query),
+            headers={k: ("<redacted>" if k in SECRET_HEADERS else v) for k, v in headers.items()},
+            auth=headers.get("authorization")
+            or (f"cookie:{cookie_token.group(1)}" if cookie_token else None),
+        )
 
 
-@dataclass
-class Request:
-    """The parts of an incoming request a hub handler needs."""
+class LoopbackServer(RouteServer):
+    """A route server that injects planned faults and records every request.
 
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    body: bytes
-    match: re.Match[str] | None
-    base_url: str
-
-
-class LoopbackServer:
-    """ThreadingHTTPServer on 127.0.0.1:0 in a daemon thread; a context manager.
-
-    Subclasses register routes with :meth:`route`; unmatched requests get a 404 so a client's
-    unexpected call shows up in :attr:`records` with its target.
+    Hubs register their routes on it; to add faults to a server that already has routes (the
+    package's LocalHub), list this class first in the bases.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.faults = FaultPlan()
         self.records: list[RequestRecord] = []
-        self._routes: list[tuple[frozenset[str], re.Pattern[str], Handler]] = []
         self._records_lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # -- routing -------------------------------------------------------------------------------
-    def route(self, methods: tuple[str, ...], pattern: str, handler: Handler) -> None:
-        """Answer requests whose unquoted path fully matches ``pattern`` with ``handler``."""
-        self._routes.append((frozenset(methods), re.compile(pattern), handler))
+    def serve(self, exchange: Exchange) -> None:
+        record = RequestRecord.of(exchange.request)
+        with self._records_lock:
+            self.records.append(record)
+        fault = self.faults.take(record.method, record.target)
+        record.fault = fault.kind if fault else None
+        try:
+            if fault is not None and fault.kind == "status":
+                headers = {} if fault.retry_after is None else {"Retry-After": fault.retry_after}
+                payload = b'{"error": "injected fault"}'
+                exchange.send(
+                    Response(fault.status, headers, payload, "application/json", ranges=False)
+                )
+            elif fault is not None and fault.kind == "stall" and fault.fraction <= 0:
+                self.stopping.wait(fault.seconds)
+                exchange.close()
+            else:
+                response = self.dispatch(exchange.request)
+                exchange.send(response, self._spoil(exchange, record, fault))
+        finally:
+            record.status = exchange.status
 
-    def not_found(self, request: Request) -> Response:
-        """The answer to a request no route matched; hubs override it with their error format."""
-        return Response(404, body=b'{"error": "not found"}', content_type="application/json")
+    def _spoil(self, exchange: Exchange, record: RequestRecord, fault: Fault | None) -> BodyFilter:
+        """Count the body bytes sent and apply a body fault (cut, flipped byte, stall, reset)."""
 
-    # -- lifecycle -----------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. http://127.0.0.1:40123 (no trailing slash)."""
-        if self._httpd is None:
-            raise RuntimeError("server not started")
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        def body(chunks: Iterator[bytes], length: int) -> Iterator[bytes]:
+            record.status = exchange.status  # known now; a stall below must not hide it
+            if fault is None or fault.kind == "corrupt":
+                cut, flip_at = length, (length // 2 if fault else -1)
+            else:
+                cut, flip_at = int(length * fault.fraction), -1
+            sent = 0
+            for chunk in chunks:
+                chunk = chunk[: cut - sent]
+                if not chunk:
+                    break
+                if sent <= flip_at < sent + len(chunk):
+                    i = flip_at - sent
+                    chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1 :]
+                yield chunk
+                sent += len(chunk)
+                record.body_bytes = sent
+            if fault is None or fault.kind == "corrupt":
+                return
+            if fault.kind == "stall":
+                self.stopping.wait(fault.seconds)
+            exchange.close(reset=fault.kind == "drop")
 
-    def start(self) -> LoopbackServer:
-        """Bind a free loopback port and serve in a daemon thread."""
-        handler_cls = _make_handler(self)
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="fake-hub", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving; stalled handlers wake up and give up."""
-        self._stopping.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> LoopbackServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return body
 
     # -- observations --------------------------------------------------------------------------
     def requests(self, pattern: str = "", method: str | None = None) -> list[RequestRecord]:
@@ -239,204 +233,3 @@ class LoopbackServer:
         """Forget recorded requests."""
         with self._records_lock:
             self.records.clear()
-
-    def _record(self, record: RequestRecord) -> None:
-        with self._records_lock:
-            self.records.append(record)
-
-    def _dispatch(
-        self, request_method: str, raw_target: str, headers: dict[str, str], body: bytes
-    ) -> Response:
-        split = urlsplit(raw_target)
-        path = unquote(split.path)
-        for methods, pattern, handler in self._routes:
-            # HEAD is answered wherever GET is, with the same headers and no body.
-            if request_method not in methods and not (
-                request_method == "HEAD" and "GET" in methods
-            ):
-                continue
-            match = pattern.fullmatch(path)
-            if match:
-                return handler(
-                    Request(request_method, path, split.query, headers, body, match, self.url)
-                )
-        return self.not_found(
-            Request(request_method, path, split.query, headers, body, None, self.url)
-        )
-
-
-def _parse_range(value: str | None, size: int) -> tuple[int, int] | str | None:
-    """(start, end inclusive) of a single 'bytes=' range; None if absent, 'bad' if unsatisfiable."""
-    if not value:
-        return None
-    m = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", value)
-    if not m or (not m.group(1) and not m.group(2)):
-        return None
-    if m.group(1):
-        start = int(m.group(1))
-        end = int(m.group(2)) if m.group(2) else size - 1
-    else:
-        start = max(size - int(m.group(2)), 0)
-        end = size - 1
-    if start >= size or start > end:
-        return "bad"
-    return start, min(end, size - 1)
-
-
-def _iter_body(body: bytes | Path, start: int, length: int) -> Iterator[bytes]:
-    if isinstance(body, bytes):
-        for off in range(start, start + length, CHUNK):
-            yield body[off : min(off + CHUNK, start + length)]
-        return
-    with body.open("rb") as fh:
-        fh.seek(start)
-        left = length
-        while left > 0:
-            data = fh.read(min(CHUNK, left))
-            if not data:
-                return
-            left -= len(data)
-            yield data
-
-
-def _make_handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
-    class _Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass  # records replace the access log; stderr noise hides test output
-
-        def do_GET(self) -> None:
-            self._handle()
-
-        do_HEAD = do_POST = do_PUT = do_DELETE = do_GET
-
-        def _handle(self) -> None:
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            length = int(headers.get("content-length") or 0)
-            body = self.rfile.read(length) if length else b""
-            auth = headers.get("authorization")
-            cookie_token = re.search(r"m_session_id=([^;]+)", headers.get("cookie", ""))
-            record = RequestRecord(
-                method=self.command,
-                target=unquote(self.path),
-                path=unquote(urlsplit(self.path).path),
-                query=unquote(urlsplit(self.path).query),
-                headers={
-                    k: ("<redacted>" if k in SECRET_HEADERS else v) for k, v in headers.items()
-                },
-                auth=auth or (f"cookie:{cookie_token.group(1)}" if cookie_token else None),
-            )
-            server._record(record)
-            fault = server.faults.take(self.command, record.target)
-            record.fault = fault.kind if fault else None
-            try:
-                if fault is not None and fault.kind == "status":
-                    self._send_fault_status(record, fault)
-                    return
-                if fault is not None and fault.kind == "stall" and fault.fraction <= 0:
-                    server._stopping.wait(fault.seconds)
-                    self.close_connection = True
-                    return
-                response = server._dispatch(self.command, self.path, headers, body)
-                self._send(record, response, fault)
-            except (BrokenPipeError, ConnectionResetError):
-                self.close_connection = True
-
-        def _send_fault_status(self, record: RequestRecord, fault: Fault) -> None:
-            payload = b'{"error": "injected fault"}'
-            record.status = fault.status
-            self.send_response(fault.status)
-            if fault.retry_after is not None:
-                self.send_header("Retry-After", fault.retry_after)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(payload)
-
-        def _send(self, record: RequestRecord, response: Response, fault: Fault | None) -> None:
-            size = response.size
-            start, length, status = 0, size, response.status
-            extra: dict[str, str] = {}
-            if response.status == 200 and response.ranges:
-                extra["Accept-Ranges"] = "bytes"
-                rng = _parse_range(self.headers.get("Range"), size)
-                if rng == "bad":
-                    status, length = 416, 0
-                    extra["Content-Range"] = f"bytes */{size}"
-                elif isinstance(rng, tuple):
-                    start, end = rng
-                    length, status = end - start + 1, 206
-                    extra["Content-Range"] = f"bytes {start}-{end}/{size}"
-            record.status = status
-            self.send_response(status)
-            for key, value in {**response.headers, **extra}.items():
-                self.send_header(key, value)
-            self.send_header("Content-Type", response.content_type)
-            self.send_header("Content-Length", str(length))
-            self.end_headers()
-            if self.command == "HEAD" or length == 0:
-                return
-            self._write_body(record, response.body, start, length, fault)
-
-        def _write_body(
-            self,
-            record: RequestRecord,
-            body: bytes | Path,
-            start: int,
-            length: int,
-            fault: Fault | None,
-        ) -> None:
-            cut = (
-                length if fault is None or fault.kind == "corrupt" else int(length * fault.fraction)
-            )
-            flip_at = length // 2 if fault is not None and fault.kind == "corrupt" else -1
-            sent = 0
-            for chunk in _iter_body(body, start, cut):
-                if sent <= flip_at < sent + len(chunk):
-                    i = flip_at - sent
-                    chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1 :]
-                self.wfile.write(chunk)
-                sent += len(chunk)
-                record.body_bytes = sent
-            if fault is None or fault.kind == "corrupt":
-                return
-            self.wfile.flush()
-            if fault.kind == "stall":
-                server._stopping.wait(fault.seconds)
-            if fault.kind == "drop":
-                # SO_LINGER with a zero timeout turns close() into a TCP reset.
-                self.connection.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                )
-            self.close_connection = True
-
-    return _Handler
-
-
-_DIGEST_CACHE: dict[tuple[str, int, int], tuple[str, str]] = {}
-_DIGEST_LOCK = threading.Lock()
-
-
-def file_digests(path: Path) -> tuple[str, str]:
-    """(sha256 hex, git blob sha1 hex) of a file, cached by path, size and mtime.
-
-    The git blob id is what the Hugging Face API calls ``oid`` and serves as ETag for files kept
-    in git rather than LFS.
-    """
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    with _DIGEST_LOCK:
-        if key in _DIGEST_CACHE:
-            return _DIGEST_CACHE[key]
-    sha256 = hashlib.sha256()
-    blob = hashlib.sha1(f"blob {st.st_size}\0".encode())
-    with path.open("rb") as fh:
-        while data := fh.read(4 * 1024 * 1024):
-            sha256.update(data)
-            blob.update(data)
-    result = (sha256.hexdigest(), blob.hexdigest())
-    with _DIGEST_LOCK:
-        _DIGEST_CACHE[key] = result
-    return result
