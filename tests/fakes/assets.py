@@ -30,7 +30,7 @@ __all__ = [
 
 ASSET_CACHE_ENV = "BOOTSTRAP_TEST_ASSETS"
 # Bump when the way an asset is built changes, so stale cached copies are not reused.
-ASSET_VERSION = "2"
+ASSET_VERSION = "3"
 
 SMOLLM2_FILES = (
     "config.json",
@@ -83,12 +83,35 @@ def _write_smollm2(out: Path) -> None:
     model.save_pretrained(out)
     tokenizer.add_special_tokens(dict(SMOLLM2_SPECIAL_TOKENS))
     tokenizer.save_pretrained(out)
+    _restore_byte_level_tokenizer(out / "tokenizer.json")
     (out / "special_tokens_map.json").write_text(
         json.dumps(SMOLLM2_SPECIAL_TOKENS, indent=2) + "\n"
     )
     missing = [name for name in SMOLLM2_FILES if not (out / name).is_file()]
     if missing:
         raise RuntimeError(f"SmolLM2 conversion did not write {missing}")
+
+
+def _restore_byte_level_tokenizer(path: Path) -> None:
+    """Give tokenizer.json the byte-level pipeline of the upstream SmolLM2 repository.
+
+    transformers rebuilds a GGUF's tokenizer as a byte-fallback one; the ids are the same, but
+    llama.cpp's converter then writes the wrong vocabulary type and llama.cpp aborts when it
+    tokenizes.  With the upstream pipeline the converter recognises SmolLM2's pre-tokenizer.
+    """
+    data = json.loads(path.read_text(encoding="utf-8"))
+    byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    data["normalizer"] = None
+    data["model"]["byte_fallback"] = False
+    data["pre_tokenizer"] = {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Digits", "individual_digits": True},
+            {"type": "ByteLevel", **byte_level},
+        ],
+    }
+    data["decoder"] = {"type": "ByteLevel", **byte_level}
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
 
 def smollm2_repo(dest: Path) -> Path:

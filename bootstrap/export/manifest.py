@@ -1,0 +1,146 @@
+"""exports/manifest.json and the atomic-write helpers every exporter uses.
+
+An artefact is built under a temporary name beside its destination and renamed into place when
+it is complete, so a reader (or a restart after kill -9) never takes half a file for a finished
+one.  The manifest lists every file of every artefact with its size and sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from bootstrap.workspace import write_json_atomic
+
+MANIFEST_NAME = "manifest.json"
+_CHUNK = 1 << 20
+
+
+class FileEntry(BaseModel):
+    path: str  # relative to the exports directory, "/"-separated
+    size: int
+    sha256: str
+
+
+class Artefact(BaseModel):
+    format: str
+    path: str  # the artefact's file or directory, relative to the exports directory
+    files: list[FileEntry]
+    details: dict[str, str | int | float | bool | None] = {}
+
+
+class ExportManifest(BaseModel):
+    base_model: str
+    adapter_sha256: str  # of adapter_model.safetensors: artefacts of another adapter are stale
+    created: str  # UTC, ISO 8601, of the last export that changed the manifest
+    artefacts: dict[str, Artefact] = {}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def describe(
+    fmt: str, target: Path, exports: Path, **details: str | float | bool | None
+) -> Artefact:
+    """The manifest entry for the finished artefact at `target` (a file or a directory)."""
+    files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
+    return Artefact(
+        format=fmt,
+        path=target.relative_to(exports).as_posix(),
+        files=[
+            FileEntry(
+                path=f.relative_to(exports).as_posix(), size=f.stat().st_size, sha256=sha256_file(f)
+            )
+            for f in files
+        ],
+        details=details,
+    )
+
+
+def read_manifest(exports: Path, base_model: str, adapter_sha256: str) -> ExportManifest:
+    """The manifest in `exports`, keeping only artefacts whose files are all still there.
+
+    A manifest of another base model or adapter, or one that does not parse, starts over empty.
+    """
+    path = exports / MANIFEST_NAME
+    empty = ExportManifest(base_model=base_model, adapter_sha256=adapter_sha256, created=_now())
+    if not path.is_file():
+        return empty
+    try:
+        manifest = ExportManifest.model_validate_json(path.read_text(encoding="utf-8"))
+    except (ValidationError, ValueError):
+        return empty
+    if (manifest.base_model, manifest.adapter_sha256) != (base_model, adapter_sha256):
+        return empty
+    manifest.artefacts = {
+        fmt: art
+        for fmt, art in manifest.artefacts.items()
+        if all(
+            (exports / f.path).is_file() and (exports / f.path).stat().st_size == f.size
+            for f in art.files
+        )
+    }
+    return manifest
+
+
+def write_manifest(exports: Path, manifest: ExportManifest) -> None:
+    manifest.created = _now()
+    write_json_atomic(exports / MANIFEST_NAME, manifest.model_dump(mode="json"))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _replace(tmp: Path, dest: Path) -> None:
+    """Move the finished `tmp` onto `dest`, which may be an older artefact of either kind."""
+    if dest.is_dir() and not dest.is_symlink():
+        # A directory cannot be replaced by rename(2) while it has contents: move the old one
+        # aside first, so `dest` is only ever absent for an instant, never half-written.
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", suffix=".tmp", dir=dest.parent))
+        os.replace(dest, old / dest.name)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
+
+
+@contextmanager
+def atomic_dir(dest: Path) -> Iterator[Path]:
+    """Yield an empty temporary directory beside `dest`; on success it becomes `dest`."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield tmp
+        _replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(dest: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `dest` (not yet created); on success it becomes `dest`."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with tmp.open("rb") as handle:
+            os.fsync(handle.fileno())
+        _replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,256 @@
+"""GSM8K evaluation: scoring of scripted completions (the engine seam), the report files, and one
+end-to-end run of the HF generation path on SmolLM2 + a random LoRA."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from bootstrap.config import load_config
+from bootstrap.detect import detect
+from bootstrap.errors import ConfigError
+from bootstrap.evaluate import EvalReport, HFEngine, Messages, evaluate, run_eval
+from bootstrap.plan import Plan, build_plan
+from bootstrap.train.data import SYSTEM_PROMPT, build_prompt
+from bootstrap.train.metrics import StepMetrics
+from bootstrap.workspace import Workspace
+from tests.export_helpers import SMOLLM2_ID, make_lora_workspace
+from tests.fakes.assets import write_gsm8k
+from tests.fakes.fixtures import smollm2_dir  # noqa: F401 - fixture
+
+TEST_ROWS = 16
+
+
+def put_test_split(ws: Workspace, rows: int = TEST_ROWS) -> dict[str, str]:
+    """A GSM8K-shaped test split where `fetch` leaves it; returns {question: gold number}."""
+    paths = write_gsm8k(ws.root / "_gsm8k", train_rows=4, test_rows=rows, seed=3)
+    ws.data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(paths["test"], ws.split_path("test"))
+    table = pq.read_table(ws.split_path("test")).to_pylist()
+    return {r["question"]: r["answer"].split("####")[-1].strip() for r in table}
+
+
+def make_plan(ws: Workspace, **flags: object) -> Plan:
+    config = load_config(
+        environ={},
+        flags={
+            "model": SMOLLM2_ID,
+            "profile": "cpu-smoke",
+            "offline": True,
+            "workspace": ws.root,
+            **flags,
+        },
+    ).config
+    return build_plan(config, detect(config))
+
+
+class ScriptedEngine:
+    """Answers each question the way `script(row_index, gold)` says; records what it was asked."""
+
+    name = "scripted"
+
+    def __init__(self, golds: dict[str, str], script: Callable[[int, str], str]) -> None:
+        self.order = list(golds)
+        self.golds = golds
+        self.script = script
+        self.asked: list[tuple[bool, list[Messages]]] = []
+
+    def generate(
+        self, prompts: Sequence[Messages], *, trained: bool, progress: Callable[[int], None]
+    ) -> list[str]:
+        self.asked.append((trained, list(prompts)))
+        progress(len(prompts))
+        out = []
+        for messages in prompts:
+            question = messages[-1]["content"]
+            out.append(
+                self.script(self.order.index(question), self.golds[question])
+                if trained
+                else "I don't know."
+            )
+        return out
+
+
+def trained_script(i: int, gold: str) -> str:
+    """Four kinds of answer, one per row in turn:
+    0: the strict layout, the right number written with thousands commas -> correct, strict, soft
+    1: the strict layout, a wrong number -> strict, soft
+    2: both tags on one line, the right number -> correct, soft only
+    3: plain prose with the right number -> nothing (prose is not an extracted answer)
+    """
+    kind = i % 4
+    if kind == 0:
+        return f"<reasoning>\nAdd them up.\n</reasoning>\n<answer>\n{int(gold):,}\n</answer>\n"
+    if kind == 1:
+        return f"<reasoning>\nGuess.\n</reasoning>\n<answer>\n{int(gold) + 1}\n</answer>\n"
+    if kind == 2:
+        return f"<reasoning>Quick.</reasoning> <answer>{gold}</answer>"
+    return f"The answer is {gold}."
+
+
+@pytest.fixture
+def scripted_ws(tmp_path: Path) -> tuple[Plan, Workspace, ScriptedEngine]:
+    ws = Workspace(tmp_path / "ws")
+    golds = put_test_split(ws)
+    return make_plan(ws), ws, ScriptedEngine(golds, trained_script)
+
+
+def test_scores_of_scripted_answers(scripted_ws) -> None:
+    plan, ws, engine = scripted_ws
+    report = run_eval(plan, ws, lambda: engine, show_progress=False)
+    base, trained = report.results["base"], report.results["trained"]
+    assert (
+        base.rows,
+        base.correct,
+        base.accuracy,
+        base.strict_format_rate,
+        base.soft_format_rate,
+    ) == (16, 0, 0, 0, 0)
+    # 16 rows, four kinds in turn: correct in kinds 0 and 2, strict in 0 and 1, soft in 0, 1, 2.
+    assert (trained.rows, trained.correct, trained.accuracy) == (16, 8, 0.5)
+    assert (trained.strict_format_rate, trained.soft_format_rate) == (0.5, 0.75)
+    assert [e.correct for e in trained.examples] == [True, False, True]
+    assert trained.engine == "scripted"
+    # Every prompt carries the recipe's system prompt and the question as the user turn.
+    for _, prompts in engine.asked:
+        assert [m["role"] for m in prompts[0]] == ["system", "user"]
+        assert prompts[0][0]["content"] == SYSTEM_PROMPT
+
+
+def test_report_files(scripted_ws) -> None:
+    plan, ws, engine = scripted_ws
+    report = run_eval(plan, ws, lambda: engine, show_progress=False)
+    on_disk = EvalReport.model_validate_json((ws.report / "report.json").read_text())
+    assert on_disk == report
+    md = (ws.report / "report.md").read_text()
+    assert "| metric | base | trained | change |" in md
+    assert "| accuracy | 0.0% (0/16) | 50.0% (8/16) | +50.0 pts |" in md
+    assert "| strict format | 0.0% | 50.0% | +50.0 pts |" in md
+    assert "| soft format | 0.0% | 75.0% | +75.0 pts |" in md
+    assert md.count("Gold answer: **") == 3
+    assert "No training metrics yet" in md and report.plots == []
+    lines = (ws.report / "trained-completions.jsonl").read_text().splitlines()
+    assert len(lines) == 16
+    assert sum(json.loads(line)["correct"] for line in lines) == 8
+
+
+def test_plots_of_reward_curves_and_completion_length(scripted_ws) -> None:
+    plan, ws, engine = scripted_ws
+    constant = dict.fromkeys(
+        ("reward_std", "kl", "loss", "grad_norm", "learning_rate", "clipped_ratio", "step_seconds"),
+        0.1,
+    )
+    steps = [
+        StepMetrics(
+            step=step,
+            time="2026-01-01T00:00:00+00:00",
+            reward=0.5 * step,
+            rewards={"correctness": 0.4 * step, "strict_format": 0.1},
+            completion_length=100.0 + step,
+            completion_tokens_per_s=None,
+            gpu_max_memory_allocated_bytes=None,
+            gpu_memory_used_bytes=None,
+            **constant,
+        )
+        for step in range(1, 6)
+    ]
+    ws.metrics.write_text("".join(m.to_json_line() + "\n" for m in steps))
+    report = run_eval(plan, ws, lambda: engine, which=("base",), show_progress=False)
+    assert (
+        "| metric | base |\n|---|---|\n| accuracy | 0.0% (0/16) |"
+        in (ws.report / "report.md").read_text()
+    )
+    assert report.plots == ["rewards.png", "completion_length.png"]
+    for name in report.plots:
+        data = (ws.report / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
+        assert f"]({name})" in (ws.report / "report.md").read_text()
+
+
+def test_limit_and_results_kept_across_runs_with_the_same_settings(scripted_ws) -> None:
+    plan, ws, engine = scripted_ws
+    run_eval(plan, ws, lambda: engine, which=("base",), limit=5, show_progress=False)
+    report = run_eval(plan, ws, lambda: engine, which=("trained",), limit=5, show_progress=False)
+    assert [len(prompts) for _, prompts in engine.asked] == [5, 5]
+    assert sorted(report.results) == ["base", "trained"]  # base came from the first run
+    assert report.results["trained"].correct == 3  # rows 0, 2, 4
+    other = run_eval(plan, ws, lambda: engine, which=("trained",), limit=4, show_progress=False)
+    assert sorted(other.results) == ["trained"]  # 5-row base numbers do not mix with 4 rows
+
+
+def test_missing_inputs_are_config_errors_naming_the_command(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    plan = make_plan(ws)
+    with pytest.raises(ConfigError, match="fetch"):
+        evaluate(plan, ws, show_progress=False)  # no test split yet
+    put_test_split(ws)
+    with pytest.raises(ConfigError, match="fetch"):
+        evaluate(plan, ws, which=("base",), show_progress=False)  # no base model
+    ws.model_dir(SMOLLM2_ID).mkdir(parents=True)
+    (ws.model_dir(SMOLLM2_ID) / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="train"):
+        evaluate(plan, ws, which=("trained",), show_progress=False)  # no adapter
+
+
+@pytest.mark.slow
+def test_end_to_end_on_smollm2_with_a_lora(tmp_path: Path, smollm2_dir: Path) -> None:  # noqa: F811
+    # alpha 16 (scale 2): a LoRA strong enough to change greedy answers within 12 tokens.
+    plan, ws = make_lora_workspace(
+        tmp_path / "ws", smollm2_dir, lora_alpha=16, eval_max_new_tokens=12, eval_batch_size=2
+    )
+    put_test_split(ws, rows=4)
+    report = evaluate(plan, ws, limit=3, show_progress=False)
+    assert sorted(report.results) == ["base", "trained"]
+    for scores in report.results.values():
+        assert (scores.rows, scores.engine) == (3, "hf")
+        assert all(e.completion.strip() for e in scores.examples)
+    base_text = [
+        json.loads(line)["completion"]
+        for line in (ws.report / "base-completions.jsonl").read_text().splitlines()
+    ]
+    trained_text = [
+        json.loads(line)["completion"]
+        for line in (ws.report / "trained-completions.jsonl").read_text().splitlines()
+    ]
+    assert base_text != trained_text  # the LoRA was applied for "trained" and only there
+    # Left padding is right: each prompt alone gives what it gave inside a padded batch.
+    single = HFEngine(
+        ws.model_dir(SMOLLM2_ID), ws.lora, dtype="fp32", batch_size=1, max_new_tokens=12
+    )
+    prompts = [build_prompt(e.question) for e in report.results["base"].examples]
+    assert single.generate(prompts, trained=False, progress=lambda n: None) == base_text
+
+
+@pytest.mark.gpu
+def test_vllm_engine_scores_like_hf(tmp_path: Path, smollm2_dir: Path) -> None:  # noqa: F811
+    pytest.importorskip("vllm")
+    from bootstrap.evaluate import VLLMEngine
+
+    plan, ws = make_lora_workspace(tmp_path / "ws", smollm2_dir, eval_max_new_tokens=32)
+    golds = put_test_split(ws, rows=8)
+    engine = VLLMEngine(ws.model_dir(SMOLLM2_ID), ws.lora, plan=plan, max_new_tokens=32)
+    report = run_eval(plan, ws, lambda: engine, show_progress=False)
+    hf_engine = HFEngine(
+        ws.model_dir(SMOLLM2_ID), ws.lora, dtype="bf16", batch_size=8, max_new_tokens=32
+    )
+    hf = run_eval(plan, ws, lambda: hf_engine, show_progress=False)
+    assert report.results["trained"].engine == "vllm" and len(golds) == 8
+    assert abs(report.results["trained"].accuracy - hf.results["trained"].accuracy) <= 0.25
+
+
+@pytest.mark.gpu
+def test_hf_engine_on_cuda_end_to_end(tmp_path: Path) -> None:
+    # A tiny random Qwen2: the GPU machine lacks the SmolLM2 package.
+    from bootstrap.demo.assets import build_tiny_qwen2
+
+    tiny = build_tiny_qwen2(tmp_path / "tiny")
+    plan, ws = make_lora_workspace(tmp_path / "ws", tiny, lora_alpha=16, eval_max_new_tokens=8)
+    put_test_split(ws, rows=4)
+    report = evaluate(plan, ws, limit=3, show_progress=False)
+    assert [(s.rows, s.engine) for s in report.results.values()] == [(3, "hf"), (3, "hf")]
+    assert (ws.report / "report.md").is_file()
