@@ -6,6 +6,7 @@ Every option maps to the config field of the same name, so it is also settable a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from collections.abc import Callable
@@ -32,8 +33,10 @@ class App:
     verbosity: int
     flags: dict[str, Any] = field(default_factory=dict)
 
-    def config(self, **command_flags: Any) -> ResolvedConfig:
-        return load_config(self.config_file, flags={**self.flags, **command_flags})
+    def config(self, defaults: dict[str, Any] | None = None, **command_flags: Any) -> ResolvedConfig:
+        """The job config; `defaults` (e.g. the demo's) sit just below this command line."""
+        flags = {**(defaults or {}), **self.flags, **{k: v for k, v in command_flags.items() if v is not None}}
+        return load_config(self.config_file, flags=flags)
 
     @property
     def progress(self) -> bool:
@@ -143,11 +146,11 @@ def main(
         app.flags["workspace"] = workspace
 
 
-def _detect_and_plan(app: App, job_flags: dict[str, Any]):  # noqa: ANN202 - imports kept lazy
+def _detect_and_plan(app: App, job_flags: dict[str, Any], defaults: dict[str, Any] | None = None):  # noqa: ANN202
     from bootstrap.detect import detect
     from bootstrap.plan import build_plan
 
-    resolved = app.config(**job_flags)
+    resolved = app.config(defaults, **job_flags)
     return build_plan(resolved.config, detect(resolved.config), resolved.sources)
 
 
@@ -196,3 +199,69 @@ def train(app: App, job_flags: dict[str, Any]) -> None:
     the_plan.require_training()
     result = run_training(the_plan, Workspace(the_plan.config.workspace), show_progress=app.progress)
     app.emit(result, lambda: render.training(result))
+
+
+@main.command()
+@job_options
+@click.option("--demo", is_flag=True, help="Every stage on a CPU with no network: a tiny model and "
+              "a GSM8K-shaped set built here, served to fetch by a local hub.")
+@click.option("--skip-base-eval", "skip_base_eval", is_flag=True, default=None,
+              help=f"Don't evaluate the base model first. [env: {env_var('skip_base_eval')}]")
+@click.pass_obj
+def run(app: App, job_flags: dict[str, Any], demo: bool, skip_base_eval: bool | None) -> None:
+    """Every stage in order (fetch, eval base, train, eval, export), skipping finished ones."""
+    from bootstrap.pipeline import run as run_pipeline
+    from bootstrap.workspace import Workspace
+
+    job_flags = {**job_flags, "skip_base_eval": skip_base_eval}
+    with contextlib.ExitStack() as stack:
+        defaults: dict[str, Any] = {}
+        if demo:
+            from bootstrap.demo import demo_hub
+
+            workspace = Workspace(app.config(**job_flags).config.workspace)
+            defaults = stack.enter_context(demo_hub(workspace))
+        the_plan = _detect_and_plan(app, job_flags, defaults)
+        the_plan.require_training()
+        summary = run_pipeline(
+            the_plan,
+            Workspace(the_plan.config.workspace),
+            progress=app.progress,
+            on_stage=None if app.as_json else render.stage,
+        )
+    app.emit(summary, lambda: render.run_summary(summary))
+
+
+@main.command("eval")
+@job_options
+@click.option("--which", type=click.Choice(["base", "trained", "both"]), default="both", show_default=True,
+              help="The base model, base + the trained LoRA, or both.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help=f"Evaluate the first N test rows. [env: {env_var('eval_limit')}]")
+@click.pass_obj
+def evaluate_command(app: App, job_flags: dict[str, Any], which: str, limit: int | None) -> None:
+    """GSM8K accuracy and format rates, before and/or after training; writes <workspace>/report/."""
+    from bootstrap.evaluate import evaluate
+    from bootstrap.workspace import Workspace
+
+    the_plan = _detect_and_plan(app, {**job_flags, "eval_limit": limit})
+    models = ("base", "trained") if which == "both" else (which,)
+    report = evaluate(the_plan, Workspace(the_plan.config.workspace), which=models, show_progress=app.progress)
+    app.emit(report, lambda: render.evaluation(report))
+
+
+@main.command("export")
+@job_options
+@click.option("--formats", default=None, metavar="LIST",
+              help="Comma list of lora, merged16, merged4, gguf-f16, gguf-q8_0, gguf-q4_k_m, "
+              f"gguf-q5_k_m, ollama. [env: {env_var('export_formats')}]")
+@click.pass_obj
+def export_command(app: App, job_flags: dict[str, Any], formats: str | None) -> None:
+    """The trained model in the formats people deploy, listed with sha256 in exports/manifest.json."""
+    from bootstrap.export import export
+    from bootstrap.workspace import Workspace
+
+    chosen = parse_text("export_formats", formats) if formats is not None else None
+    the_plan = _detect_and_plan(app, {**job_flags, "export_formats": chosen})
+    manifest = export(the_plan, Workspace(the_plan.config.workspace))
+    app.emit(manifest, lambda: render.exports(manifest))

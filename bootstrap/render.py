@@ -12,6 +12,9 @@ from bootstrap.plan import Plan
 
 if TYPE_CHECKING:
     from bootstrap.hub.fetch import Manifest
+    from bootstrap.evaluate import EvalReport
+    from bootstrap.export.manifest import ExportManifest
+    from bootstrap.pipeline import RunSummary, StageOutcome
     from bootstrap.train.grpo import TrainResult
 
 console = Console()
@@ -123,4 +126,53 @@ def training(result: TrainResult) -> None:
     table.add_row("lora", str(result.lora))
     table.add_row("metrics", str(result.metrics))
     table.add_row("samples", str(result.samples) if result.samples else "-")
+    console.print(table)
+
+
+def stage(outcome: StageOutcome) -> None:
+    """One line as each stage ends, on stderr so the summary stays the only stdout."""
+    took = f" in {outcome.seconds:.0f} s" if outcome.status == "ran" else ""
+    Console(stderr=True).print(f"[bold]{outcome.name}[/]: {outcome.status}{took}")
+
+
+def _accuracy(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def run_summary(summary: RunSummary) -> None:
+    table = Table(title=f"grpo-bootstrap run: {summary.workspace}")
+    for column in ("stage", "status", "seconds"):
+        table.add_column(column)
+    for outcome in summary.stages:
+        table.add_row(outcome.name, outcome.status, f"{outcome.seconds:.0f}")
+    console.print(table)
+    console.print(
+        f"GSM8K accuracy: before {_accuracy(summary.accuracy_before)}, "
+        f"after {_accuracy(summary.accuracy_after)}"
+    )
+    where = Table(show_header=False, title="Where everything is")
+    for name, path in summary.paths.items():
+        where.add_row(name, path)
+    console.print(where)
+
+
+def evaluation(report: EvalReport) -> None:
+    table = Table(title=f"GSM8K test, {report.settings.rows} rows")
+    for column in ("model", "accuracy", "strict format", "soft format", "engine", "seconds"):
+        table.add_column(column)
+    for name, scores in report.results.items():
+        table.add_row(
+            name, _accuracy(scores.accuracy), _accuracy(scores.strict_format_rate),
+            _accuracy(scores.soft_format_rate), scores.engine, f"{scores.seconds:.0f}",
+        )  # fmt: skip
+    console.print(table)
+
+
+def exports(manifest: ExportManifest) -> None:
+    table = Table(title=f"Exports of {manifest.base_model} + LoRA")
+    for column in ("format", "path", "files", "size"):
+        table.add_column(column)
+    for fmt, artefact in manifest.artefacts.items():
+        size = sum(f.size for f in artefact.files) / 2**20
+        table.add_row(fmt, artefact.path, str(len(artefact.files)), f"{size:.1f} MiB")
     console.print(table)
