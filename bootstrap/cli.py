@@ -17,8 +17,7 @@ from typing import Any
 import click
 from pydantic import BaseModel
 
-from bootstrap import __version__
-from bootstrap import render
+from bootstrap import __version__, render
 from bootstrap.config import FIELDS, ResolvedConfig, env_var, load_config, parse_text
 from bootstrap.errors import BootstrapError, ConfigError
 from bootstrap.logs import redact, setup_logging
@@ -146,7 +145,7 @@ def main(
         app.flags["workspace"] = workspace
 
 
-def _detect_and_plan(app: App, job_flags: dict[str, Any], defaults: dict[str, Any] | None = None):  # noqa: ANN202
+def _detect_and_plan(app: App, job_flags: dict[str, Any], defaults: dict[str, Any] | None = None):
     from bootstrap.detect import detect
     from bootstrap.plan import build_plan
 

@@ -151,7 +151,7 @@ def _train(plan: Plan, ws: Workspace, progress: bool) -> dict[str, Any]:
 
 
 def _train_complete(plan: Plan, ws: Workspace) -> bool:
-    from bootstrap.train.grpo import last_checkpoint, checkpoint_step, lora_complete
+    from bootstrap.train.grpo import checkpoint_step, last_checkpoint, lora_complete
 
     last = last_checkpoint(ws.checkpoints)
     steps = checkpoint_step(last) if last else 0

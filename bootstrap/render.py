@@ -11,9 +11,9 @@ from bootstrap.detect import Detection
 from bootstrap.plan import Plan
 
 if TYPE_CHECKING:
-    from bootstrap.hub.fetch import Manifest
     from bootstrap.evaluate import EvalReport
     from bootstrap.export.manifest import ExportManifest
+    from bootstrap.hub.fetch import Manifest
     from bootstrap.pipeline import RunSummary, StageOutcome
     from bootstrap.train.grpo import TrainResult
 

@@ -6,6 +6,7 @@ re-run alone and a restarted container picks up where the last one stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -86,3 +87,12 @@ def write_json_atomic(path: Path, document: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def sha256_file(path: Path) -> str:
+    """The file's sha256, read in chunks (model weights are gigabytes)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(8 * 2**20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -198,7 +198,7 @@ def test_missing_inputs_are_config_errors_naming_the_command(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_end_to_end_on_smollm2_with_a_lora(tmp_path: Path, smollm2_dir: Path) -> None:  # noqa: F811
+def test_end_to_end_on_smollm2_with_a_lora(tmp_path: Path, smollm2_dir: Path) -> None:
     # alpha 16 (scale 2): a LoRA strong enough to change greedy answers within 12 tokens.
     plan, ws = make_lora_workspace(
         tmp_path / "ws", smollm2_dir, lora_alpha=16, eval_max_new_tokens=12, eval_batch_size=2
@@ -227,7 +227,7 @@ def test_end_to_end_on_smollm2_with_a_lora(tmp_path: Path, smollm2_dir: Path) ->
 
 
 @pytest.mark.gpu
-def test_vllm_engine_scores_like_hf(tmp_path: Path, smollm2_dir: Path) -> None:  # noqa: F811
+def test_vllm_engine_scores_like_hf(tmp_path: Path, smollm2_dir: Path) -> None:
     pytest.importorskip("vllm")
     from bootstrap.evaluate import VLLMEngine
 

@@ -45,7 +45,7 @@ Q8_MIN_MARGIN = 0.5  # logits
 @pytest.fixture(scope="module")
 def exported(
     tmp_path_factory: pytest.TempPathFactory,
-    smollm2_dir: Path,  # noqa: F811 - the fixture
+    smollm2_dir: Path,
 ) -> tuple[Plan, Workspace, ExportManifest]:
     plan, ws = make_lora_workspace(tmp_path_factory.mktemp("export") / "ws", smollm2_dir)
     return plan, ws, export(plan, ws, CPU_FORMATS)

@@ -23,9 +23,8 @@ from bootstrap.errors import EnvironmentUnfit, MirrorsFailed
 from bootstrap.hub.fetch import fetch, read_manifest
 from bootstrap.hub.retry import RetryPolicy
 from bootstrap.hub.sources import CATALOG
-from bootstrap.hub.verify import sha256_file
 from bootstrap.plan import build_plan
-from bootstrap.workspace import Workspace
+from bootstrap.workspace import Workspace, sha256_file
 from tests.conftest import closed_loopback_url
 from tests.fakes.fixtures import QWEN_ID
 from tests.fakes.hf_hub import FakeHFHub

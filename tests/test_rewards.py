@@ -10,7 +10,6 @@ import sys
 
 import pytest
 
-from bootstrap.train import rewards
 from bootstrap.train.rewards import (
     REWARD_FUNCS,
     correctness,

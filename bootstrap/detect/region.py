@@ -459,7 +459,7 @@ def _spawn(target: Callable[..., object], *args: object) -> Future:
     def run() -> None:
         try:
             future.set_result(target(*args))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller by result()
+        except BaseException as exc:
             future.set_exception(exc)
 
     threading.Thread(

@@ -46,7 +46,7 @@ def convert(script: str, pre_tokenizer: str, *converter_args: str) -> None:
 
         recognised = TextModel.get_vocab_base_pre
 
-        def with_fallback(self, tokenizer):  # noqa: ANN001, ANN202 - the converter's signature
+        def with_fallback(self, tokenizer):
             try:
                 return recognised(self, tokenizer)
             except NotImplementedError:

@@ -7,7 +7,6 @@ one.  The manifest lists every file of every artefact with its size and sha256.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -18,10 +17,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from bootstrap.workspace import write_json_atomic
+from bootstrap.workspace import sha256_file, write_json_atomic
 
 MANIFEST_NAME = "manifest.json"
-_CHUNK = 1 << 20
 
 
 class FileEntry(BaseModel):
@@ -44,12 +42,6 @@ class ExportManifest(BaseModel):
     artefacts: dict[str, Artefact] = {}
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def describe(

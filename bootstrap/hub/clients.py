@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -123,17 +123,22 @@ class ModelScopeClient:
     def download(self, source: Source, snapshot: Snapshot, dest: Path, progress: bool) -> None:
         from modelscope.hub.snapshot_download import dataset_snapshot_download, snapshot_download
 
-        kwargs = dict(
-            revision=snapshot.revision,
-            local_dir=str(dest),
-            allow_patterns=[f.path for f in snapshot.files],
-            endpoint=source.endpoint,
-            token=self.token,
-        )
+        kwargs: dict[str, Any] = {
+            "revision": snapshot.revision,
+            "local_dir": str(dest),
+            "allow_patterns": [f.path for f in snapshot.files],
+            "endpoint": source.endpoint,
+            "token": self.token,
+        }
         if source.repo_type == "dataset":
             dataset_snapshot_download(source.repo_id, **kwargs)
         else:
-            snapshot_download(repo_id=source.repo_id, repo_type="model", **kwargs)
+            from modelscope_hub import TqdmCallback  # per-file bars on stderr, only when asked
+
+            callbacks = [TqdmCallback] if progress else None
+            snapshot_download(
+                repo_id=source.repo_id, repo_type="model", progress_callbacks=callbacks, **kwargs
+            )
 
 
 def client_for(source: Source, trusted_mirrors: Sequence[str]) -> HubClient:

@@ -24,8 +24,8 @@ from bootstrap.errors import EnvironmentUnfit, MirrorsFailed
 from bootstrap.hub.clients import Snapshot, client_for
 from bootstrap.hub.dataset import load_splits, write_splits
 from bootstrap.hub.retry import RetryPolicy, call_with_retries, describe
-from bootstrap.hub.verify import FileRecord, verify_file
 from bootstrap.hub.sources import Source, artefact
+from bootstrap.hub.verify import FileRecord, verify_file
 from bootstrap.plan import Plan
 from bootstrap.workspace import Workspace, write_json_atomic
 
@@ -108,7 +108,7 @@ class _Mirror:
         self.attempts += 1
         self.last_error = error
 
-    def run(self, what: str, fn):  # noqa: ANN001, ANN202 - a thin pass-through
+    def run(self, what: str, fn):
         label = f"{what} from {self.source.mirror}"
         return call_with_retries(fn, self.policy, what=label, on_attempt=self._note)
 
@@ -241,7 +241,7 @@ def fetch(
     return manifest
 
 
-def _record(kind, source, snapshot, dest, records, failures, started) -> FetchRecord:  # noqa: ANN001
+def _record(kind, source, snapshot, dest, records, failures, started) -> FetchRecord:
     return FetchRecord(
         kind=kind,
         repo_id=source.repo_id,

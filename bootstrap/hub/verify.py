@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from bootstrap.hub.clients import RemoteFile
 from bootstrap.hub.retry import VerificationError
+from bootstrap.workspace import sha256_file
 
 _CHUNK = 8 * 2**20
 
@@ -21,12 +22,6 @@ class FileRecord(BaseModel, frozen=True):
     sha256: str
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def git_blob_sha1(path: Path) -> str:

@@ -280,7 +280,7 @@ def _import_error(module: str) -> str | None:
     """None when `module` imports, else the reason in one line."""
     try:
         importlib.import_module(module)
-    except Exception as exc:  # noqa: BLE001 - any failure (ImportError, CUDA init) means unusable
+    except Exception as exc:
         return f"{type(exc).__name__}: {exc}".splitlines()[0]
     return None
 

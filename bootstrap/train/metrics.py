@@ -154,7 +154,7 @@ def nvml_used_bytes(index: int) -> int | None:
             return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
         finally:
             pynvml.nvmlShutdown()
-    except Exception as exc:  # noqa: BLE001 - NVML is optional; a missing driver is not an error
+    except Exception as exc:
         log.debug("NVML memory reading unavailable: %s", exc)
         return None
 
