@@ -8,6 +8,7 @@ tests or into the developer's home.
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -77,3 +78,17 @@ def _fresh_modelscope_config(monkeypatch: pytest.MonkeyPatch) -> None:
     except ImportError:  # a GPU test machine may carry only the training wheels
         return
     monkeypatch.setattr(modelscope_hub.config, "_default_config", None, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The CLI installs a stderr handler on the root logger; don't let it leak into later tests."""
+    import logging
+
+    root = logging.getLogger()
+    ours = logging.getLogger("bootstrap")
+    saved = (list(root.handlers), root.level, ours.level)
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    ours.setLevel(saved[2])
