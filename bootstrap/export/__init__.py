@@ -6,12 +6,13 @@ Layout under <workspace>/exports/:
     merged4/              bitsandbytes NF4 (CUDA machines only)
     gguf/<name>-GRPO-<TYPE>.gguf   F16, Q8_0, Q4_K_M, Q5_K_M
     gguf/Modelfile        Ollama, FROM the preferred GGUF in the same directory
-    manifest.json         every file of every artefact with size and sha256
+    manifest.json         every file of every artefact with size and sha256, and the pushes
 
 The manifest is rewritten after each artefact, so an interrupted export keeps what it finished;
 artefacts made from another adapter are dropped from it.  merged16 and the f16 GGUF are also
 intermediate steps: when they are not asked for they are built in a scratch directory that is
-removed at the end.
+removed at the end.  With `export.push` set, the chosen artefacts are then uploaded (push.py)
+and the commits recorded in the manifest.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from . import gguf, ollama
 from .lora import export_lora
 from .manifest import ExportManifest, describe, read_manifest, sha256_file, write_manifest
 from .merged import export_merged4, export_merged16, require_cuda_bitsandbytes
+from .push import check_targets, push
 
 __all__ = ["ExportManifest", "export", "resolve_formats"]
 
@@ -169,15 +171,28 @@ def export(
     """Write the requested formats (default: the plan's) under <workspace>/exports/.
 
     Raises EnvironmentUnfit before any work when a format cannot be made here (merged4 without
-    CUDA, GGUF without the llama.cpp tools) and ConfigError when the base model or the adapter
-    is missing.  Returns the manifest, which is also written to exports/manifest.json.
+    CUDA, GGUF without the llama.cpp tools, a push without HF_TOKEN) and ConfigError when the
+    base model or the adapter is missing.  Returns the manifest, which is also written to
+    exports/manifest.json.
     """
     chosen = resolve_formats(list(formats) if formats is not None else plan.export_formats)
+    targets = plan.config.export.push
     _check_environment(chosen)
+    check_targets(targets)
     workspace.exports.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(workspace.exports)
     scratch = Path(tempfile.mkdtemp(prefix=".scratch.", dir=workspace.exports))
     try:
-        return _Exporter(plan, workspace, chosen, scratch).run()
+        manifest = _Exporter(plan, workspace, chosen, scratch).run()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    if targets:
+        manifest.pushes = push(
+            workspace.exports,
+            manifest,
+            targets,
+            hf_endpoint=plan.config.endpoints.hf_endpoint,
+            formats=chosen,
+        )
+        write_manifest(workspace.exports, manifest)
+    return manifest

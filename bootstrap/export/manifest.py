@@ -35,13 +35,22 @@ class Artefact(BaseModel):
     details: dict[str, str | int | float | bool | None] = {}
 
 
+class PushRecord(BaseModel):
+    """One finished push: where the artefacts went.  Never holds a credential."""
+
+    target: str  # "hf:OWNER/NAME"
+    commit_url: str
+    commit_sha: str
+    formats: list[str]
+    files: list[str]  # paths in the repository, the same as in the exports directory
+
+
 class ExportManifest(BaseModel):
     base_model: str
     adapter_sha256: str  # of adapter_model.safetensors: artefacts of another adapter are stale
     created: str  # UTC, ISO 8601, of the last export that changed the manifest
     artefacts: dict[str, Artefact] = {}
-
-
+    pushes: list[PushRecord] = []  # the hub commits of the last export that pushed
 
 
 def describe(

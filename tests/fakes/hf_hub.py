@@ -1,17 +1,43 @@
 """The loopback Hugging Face Hub of the tests: the package's LocalHub plus faults and records.
 
-The HTTP API itself (repo info, tree, paths-info, resolve with Range) is
-:class:`bootstrap.demo.hub.LocalHub`, the server `run --demo` uses; here it only gains the
-fault injection and request recording of :class:`tests.fakes.server.LoopbackServer`, so tests
-can break it on purpose and see what the real clients sent.
+The read API (repo info, tree, paths-info, resolve with Range) is
+:class:`bootstrap.demo.hub.LocalHub`, the server `run --demo` uses; here it gains the fault
+injection and request recording of :class:`tests.fakes.server.LoopbackServer`, so tests can
+break it on purpose and see what the real clients sent, and the write API huggingface_hub 1.33
+calls for create_repo + create_commit/upload_folder over plain LFS: ``POST /api/repos/create``,
+``POST /api/models/{repo}/preupload/{rev}``, ``POST /{repo}.git/info/lfs/objects/batch`` (basic
+transfer only), the ``PUT`` and verify hrefs it hands out, and ``POST
+/api/models/{repo}/commit/{rev}`` (NDJSON).  A commit writes the files into the repository,
+which is then served like any other.  huggingface_hub uploads through Xet whenever hf_xet is
+installed, which this fake does not speak: tests set ``huggingface_hub.constants.
+HF_HUB_DISABLE_XET`` first.
 """
 
 from __future__ import annotations
 
-from bootstrap.demo.hub import LocalHub, LocalRepo, RepoFile, commit_sha_for
-from tests.fakes.server import LoopbackServer
+import base64
+import hashlib
+import json
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["FakeHFHub", "FakeRepo", "RepoFile", "commit_sha_for"]
+from bootstrap.demo.hub import (
+    LFS_MIN_SIZE,
+    LFS_SUFFIXES,
+    REPO,
+    LocalHub,
+    LocalRepo,
+    RepoFile,
+    _error,
+    _json,
+    commit_sha_for,
+)
+from tests.fakes.server import LoopbackServer, Request, Response
+
+__all__ = ["FakeHFHub", "FakeRepo", "PushedCommit", "RepoFile", "commit_sha_for"]
 
 # The fake hubs' name for a repository served from a directory (FakeModelScope uses it too).
 FakeRepo = LocalRepo
@@ -23,3 +49,172 @@ class FakeHFHub(LoopbackServer, LocalHub):
     ``token``: when set, every request must carry ``Authorization: Bearer <token>`` (else 401).
     ``tree_page_size``: entries per /tree page before a ``Link: rel="next"`` is sent.
     """
+
+    def __init__(self, token: str | None = None, tree_page_size: int = 1000) -> None:
+        super().__init__(token=token, tree_page_size=tree_page_size)
+        # Uploads land here: one directory per pushed repository, and the LFS objects by oid.
+        self._store = Path(tempfile.mkdtemp(prefix="fake-hf-hub."))
+        self._lfs: dict[str, Path] = {}
+        self._upload_lock = threading.Lock()
+        self.commits: list[PushedCommit] = []
+        kinds = r"(?P<kind>models|datasets)"
+        self.route(("POST",), r"/api/repos/create", self._create_repo)
+        self.route(("POST",), rf"/api/{kinds}/{REPO}/preupload/(?P<rev>[^/]+)", self._preupload)
+        self.route(("POST",), rf"/api/{kinds}/{REPO}/commit/(?P<rev>[^/]+)", self._commit)
+        self.route(("POST",), rf"/{REPO}\.git/info/lfs/objects/batch", self._lfs_batch)
+        self.route(("PUT",), r"/_lfs/upload/(?P<oid>[0-9a-f]{64})", self._lfs_upload)
+        self.route(("POST",), r"/_lfs/verify", self._lfs_verify)
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self._store, ignore_errors=True)
+
+    def pushed_bytes(self, repo_id: str, path: str, repo_type: str = "model") -> bytes:
+        """The content of a file as the last commit to ``repo_id`` left it."""
+        return self.repos[(repo_type, repo_id)].files[path].source.read_bytes()
+
+    # -- upload API ----------------------------------------------------------------------------
+    def _writer(self, request: Request) -> Response | None:
+        """401 unless the request carries the expected token (any Bearer token if none is set)."""
+        auth = request.headers.get("authorization", "")
+        expected = f"Bearer {self.token}" if self.token is not None else None
+        if (expected and auth != expected) or not auth.startswith("Bearer "):
+            return _error(401, None, "Invalid credentials in Authorization header")
+        return None
+
+    def _upload_target(self, request: Request) -> LocalRepo | Response:
+        refused = self._writer(request)
+        if refused:
+            return refused
+        assert request.match is not None
+        repo_type = "dataset" if request.match["kind"] == "datasets" else "model"
+        repo = self.repos.get((repo_type, request.match["repo"]))
+        if repo is None:
+            return _error(404, "RepoNotFound", "Repository not found")
+        if request.match["rev"] not in ("main", repo.sha):
+            return _error(404, "RevisionNotFound", f"Invalid rev id: {request.match['rev']}")
+        return repo
+
+    def _create_repo(self, request: Request) -> Response:
+        refused = self._writer(request)
+        if refused:
+            return refused
+        body = json.loads(request.body)
+        repo_type = body.get("type") or "model"
+        repo_id = f"{body['organization']}/{body['name']}"
+        url = f"{request.base_url}/{repo_id}"
+        with self._upload_lock:
+            if (repo_type, repo_id) in self.repos:
+                # Like the hub: the conflict still names the repository, which exist_ok reads.
+                message = "You already created this model repo"
+                return _json({"error": message, "url": url}, 409, {"X-Error-Message": message})
+            root = self._store / repo_type / repo_id
+            root.mkdir(parents=True)
+            self.add_repo(repo_id, root, repo_type)
+        return _json({"url": url, "name": repo_id, "id": repo_id})
+
+    def _preupload(self, request: Request) -> Response:
+        repo = self._upload_target(request)
+        if isinstance(repo, Response):
+            return repo
+        files = json.loads(request.body)["files"]
+        modes = [
+            {
+                "path": f["path"],
+                "uploadMode": "lfs" if _lfs_path(f["path"], f["size"]) else "regular",
+                "shouldIgnore": False,
+            }
+            for f in files
+        ]
+        return _json({"files": modes, "commitOid": repo.sha})
+
+    def _lfs_batch(self, request: Request) -> Response:
+        refused = self._writer(request)
+        if refused:
+            return refused
+        assert request.match is not None
+        if ("model", request.match["repo"]) not in self.repos:
+            return _error(404, "RepoNotFound", "Repository not found")
+        body = json.loads(request.body)
+        if "basic" not in body.get("transfers", ["basic"]):
+            return _error(422, None, "only the basic transfer is offered")
+        objects = []
+        for obj in body["objects"]:
+            entry: dict[str, object] = {"oid": obj["oid"], "size": obj["size"]}
+            if obj["oid"] not in self._lfs:  # else already stored: no actions, the client skips
+                entry["authenticated"] = True
+                entry["actions"] = {
+                    "upload": {"href": f"{request.base_url}/_lfs/upload/{obj['oid']}"},
+                    "verify": {"href": f"{request.base_url}/_lfs/verify"},
+                }
+            objects.append(entry)
+        return _json({"transfer": "basic", "objects": objects, "hash_algo": "sha256"})
+
+    def _lfs_upload(self, request: Request) -> Response:
+        assert request.match is not None
+        oid = request.match["oid"]
+        if hashlib.sha256(request.body).hexdigest() != oid:
+            return _error(400, None, "uploaded content does not match its oid")
+        path = self._store / "lfs" / oid
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(request.body)
+        with self._upload_lock:
+            self._lfs[oid] = path
+        return Response(200, body=b"")
+
+    def _lfs_verify(self, request: Request) -> Response:
+        refused = self._writer(request)
+        if refused:
+            return refused
+        body = json.loads(request.body)
+        stored = self._lfs.get(body["oid"])
+        if stored is None or stored.stat().st_size != body["size"]:
+            return _error(404, None, "object not found")
+        return _json({"success": True})
+
+    def _commit(self, request: Request) -> Response:
+        repo = self._upload_target(request)
+        if isinstance(repo, Response):
+            return repo
+        lines = [json.loads(line) for line in request.body.splitlines() if line.strip()]
+        header = next((ln["value"] for ln in lines if ln["key"] == "header"), {})
+        contents: dict[str, bytes] = {}
+        for line in lines:
+            value = line["value"]
+            if line["key"] == "file":
+                contents[value["path"]] = base64.b64decode(value["content"])
+            elif line["key"] == "lfsFile":
+                stored = self._lfs.get(value["oid"])
+                if stored is None:
+                    return _error(400, None, f"LFS object of {value['path']} was never uploaded")
+                contents[value["path"]] = stored.read_bytes()
+            elif line["key"] != "header":
+                return _error(400, None, f"unsupported commit operation {line['key']}")
+        with self._upload_lock:
+            for rel, data in contents.items():
+                dest = repo.root / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(data)
+            sha = hashlib.sha1(f"{repo.sha}:{request.body!r}".encode()).hexdigest()
+            self.add_repo(repo.repo_id, repo.root, repo.repo_type, sha=sha)
+            self.commits.append(
+                PushedCommit(repo.repo_id, sha, header.get("summary", ""), sorted(contents))
+            )
+        prefix = "" if repo.repo_type == "model" else "datasets/"
+        url = f"{request.base_url}/{prefix}{repo.repo_id}/commit/{sha}"
+        return _json({"success": True, "commitOid": sha, "commitUrl": url})
+
+
+@dataclass(frozen=True)
+class PushedCommit:
+    """One commit the fake received: its repository, sha, summary and the paths it wrote."""
+
+    repo_id: str
+    sha: str
+    summary: str
+    paths: list[str]
+
+
+def _lfs_path(path: str, size: int) -> bool:
+    """Whether the hub would keep this file in LFS: by suffix, like the .gitattributes it makes."""
+    return path.endswith(LFS_SUFFIXES) or size > LFS_MIN_SIZE
