@@ -459,7 +459,7 @@ def _spawn(target: Callable[..., object], *args: object) -> Future:
     def run() -> None:
         try:
             future.set_result(target(*args))
-        except BaseException as exc:
+        except BaseException as exc:  # re-raised in the caller by result()
             future.set_exception(exc)
 
     threading.Thread(

@@ -46,7 +46,7 @@ def convert(script: str, pre_tokenizer: str, *converter_args: str) -> None:
 
         recognised = TextModel.get_vocab_base_pre
 
-        def with_fallback(self, tokenizer):
+        def with_fallback(self, tokenizer):  # the converter's own signature
             try:
                 return recognised(self, tokenizer)
             except NotImplementedError:

@@ -280,7 +280,7 @@ def _import_error(module: str) -> str | None:
     """None when `module` imports, else the reason in one line."""
     try:
         importlib.import_module(module)
-    except Exception as exc:
+    except Exception as exc:  # any failure (ImportError, CUDA init) means unusable
         return f"{type(exc).__name__}: {exc}".splitlines()[0]
     return None
 

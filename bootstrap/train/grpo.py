@@ -460,7 +460,7 @@ def _samples(backend: Backend, model: Any, tokenizer: Any, settings: TrainConfig
             backend, model, tokenizer, settings,
             lora_dir=workspace.lora, dest=workspace.samples, steps=step,
         )  # fmt: skip
-    except Exception as exc:
+    except Exception as exc:  # samples are a nicety; the trained LoRA must not be lost
         log.warning(
             "before/after samples failed (%s: %s); the LoRA is saved", type(exc).__name__, exc
         )

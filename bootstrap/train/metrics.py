@@ -154,7 +154,7 @@ def nvml_used_bytes(index: int) -> int | None:
             return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
         finally:
             pynvml.nvmlShutdown()
-    except Exception as exc:
+    except Exception as exc:  # NVML is optional; a missing driver is not an error
         log.debug("NVML memory reading unavailable: %s", exc)
         return None
 
