@@ -20,8 +20,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,7 +34,7 @@ from bootstrap.plan import Plan
 from bootstrap.train.data import extract_xml_answer, load_gsm8k_split
 from bootstrap.train.metrics import REWARD_PREFIX, REWARD_SUFFIX, read_metrics
 from bootstrap.train.rewards import correctness, soft_format, strict_format
-from bootstrap.workspace import Workspace, write_json_atomic
+from bootstrap.workspace import Workspace, atomic_file, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -291,17 +289,6 @@ def make_engine(plan: Plan, workspace: Workspace, which: Sequence[Which]) -> Eng
 # --- report --------------------------------------------------------------------------------------
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def plot_metrics(metrics: Path, out_dir: Path) -> list[str]:
     """rewards.png (each reward's mean and the total per step) and completion_length.png from
     metrics.jsonl; returns the file names written (none without metrics)."""
@@ -352,13 +339,8 @@ def plot_metrics(metrics: Path, out_dir: Path) -> list[str]:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize="small")
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
-        os.close(fd)
-        try:
+        with atomic_file(out_dir / name) as tmp:
             fig.savefig(tmp, format="png")
-            os.replace(tmp, out_dir / name)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
         written.append(name)
     return written
 
@@ -447,7 +429,7 @@ def _write_completions(
         }
         for q, g, c in zip(questions, golds, completions)
     ]
-    _write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 # --- the stage -----------------------------------------------------------------------------------
@@ -530,7 +512,7 @@ def run_eval(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     write_json_atomic(out_dir / "report.json", report.model_dump(mode="json"))
-    _write_text_atomic(out_dir / "report.md", render_markdown(report))
+    write_text_atomic(out_dir / "report.md", render_markdown(report))
     return report
 
 

@@ -28,8 +28,7 @@ from pathlib import Path
 
 from bootstrap.errors import BootstrapError, EnvironmentUnfit
 from bootstrap.train.data import build_prompt
-
-from .manifest import atomic_file
+from bootstrap.workspace import atomic_file
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,6 @@ one.  The manifest lists every file of every artefact with its size and sha256.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -104,44 +99,3 @@ def write_manifest(exports: Path, manifest: ExportManifest) -> None:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _replace(tmp: Path, dest: Path) -> None:
-    """Move the finished `tmp` onto `dest`, which may be an older artefact of either kind."""
-    if dest.is_dir() and not dest.is_symlink():
-        # A directory cannot be replaced by rename(2) while it has contents: move the old one
-        # aside first, so `dest` is only ever absent for an instant, never half-written.
-        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", suffix=".tmp", dir=dest.parent))
-        os.replace(dest, old / dest.name)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dest)
-
-
-@contextmanager
-def atomic_dir(dest: Path) -> Iterator[Path]:
-    """Yield an empty temporary directory beside `dest`; on success it becomes `dest`."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
-        yield tmp
-        _replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextmanager
-def atomic_file(dest: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `dest` (not yet created); on success it becomes `dest`."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        with tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        _replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -15,8 +15,7 @@ from typing import Any
 
 from bootstrap.errors import EnvironmentUnfit
 from bootstrap.train.backends import TOKENIZER_FILES
-
-from .manifest import atomic_dir
+from bootstrap.workspace import atomic_dir
 
 log = logging.getLogger(__name__)
 

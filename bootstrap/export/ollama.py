@@ -13,8 +13,7 @@ import logging
 from pathlib import Path
 
 from bootstrap.errors import ConfigError
-
-from .manifest import atomic_file
+from bootstrap.workspace import atomic_file
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from bootstrap.hub.verify import FileRecord, record
 from bootstrap.train.data import GSM8K_COLUMNS, validate_gsm8k_columns
-from bootstrap.workspace import Workspace
+from bootstrap.workspace import Workspace, atomic_file
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -79,15 +79,13 @@ def load_splits(
 
 
 def write_splits(tables: dict[str, pa.Table], workspace: Workspace) -> list[FileRecord]:
-    """Write each split atomically (temp name, then rename) and return their records."""
+    """Write each split atomically and return their records."""
     import pyarrow.parquet
 
     outputs = []
     for split, table in tables.items():
         final = workspace.split_path(split)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.tmp")
-        pyarrow.parquet.write_table(table, tmp)
-        tmp.replace(final)
+        with atomic_file(final) as tmp:
+            pyarrow.parquet.write_table(table, tmp)
         outputs.append(record(final, str(final.relative_to(workspace.root))))
     return outputs

@@ -20,6 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from bootstrap.workspace import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 REWARD_PREFIX = "rewards/"
@@ -114,11 +116,7 @@ def prune_metrics(path: Path, *, keep_through_step: int) -> int:
     kept = [line for line in lines if int(line["step"]) <= keep_through_step]
     if len(kept) == len(lines):
         return 0
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(
-        "".join(json.dumps(line, sort_keys=True) + "\n" for line in kept), encoding="utf-8"
-    )
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(line, sort_keys=True) + "\n" for line in kept))
     return len(lines) - len(kept)
 
 

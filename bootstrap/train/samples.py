@@ -8,7 +8,6 @@ notebook asks the base model without it, which mixes two changes into one compar
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from pydantic import BaseModel
 
 from bootstrap.config import TrainConfig
 from bootstrap.train.data import SYSTEM_PROMPT, build_prompt
+from bootstrap.workspace import write_text_atomic
 
 if TYPE_CHECKING:
     from bootstrap.train.backends import Backend
@@ -90,10 +90,6 @@ def write_samples(
     ):
         text, seconds = _answer(backend, model, tokenizer, settings, adapter)
         samples.append(Sample(label=label, text=text, seconds=seconds))
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    tmp.write_text(
-        render_samples(settings, samples, steps=steps, backend=backend.name), encoding="utf-8"
-    )
-    os.replace(tmp, dest)
+    write_text_atomic(dest, render_samples(settings, samples, steps=steps, backend=backend.name))
     log.info("before/after samples written to %s", dest)
     return dest
