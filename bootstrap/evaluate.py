@@ -31,6 +31,8 @@ from pydantic import BaseModel, ValidationError
 
 from bootstrap.model_inputs import adapter_dir, base_model_dir, recipe_system_prompt
 from bootstrap.plan import Plan
+from bootstrap.train.backends import vllm_memory_utilization
+from bootstrap.train.caches import use_workspace_caches
 from bootstrap.train.data import extract_xml_answer, load_gsm8k_split
 from bootstrap.train.metrics import REWARD_PREFIX, REWARD_SUFFIX, read_metrics
 from bootstrap.train.rewards import correctness, soft_format, strict_format
@@ -234,7 +236,7 @@ class VLLMEngine:
             dtype={"bf16": "bfloat16", "fp16": "float16"}.get(
                 training.dtype if training else "", "auto"
             ),
-            gpu_memory_utilization=(training.gpu_memory_utilization if training else None) or 0.6,
+            gpu_memory_utilization=vllm_memory_utilization(training) if training else 0.6,
             enable_lora=adapter is not None,
             max_lora_rank=lora_rank or 16,
             seed=plan.config.train.seed,
@@ -275,6 +277,7 @@ def make_engine(plan: Plan, workspace: Workspace, which: Sequence[Which]) -> Eng
     adapter = adapter_dir(workspace) if "trained" in which else None
     settings = plan.config.eval
     if _vllm_usable(plan):
+        use_workspace_caches(workspace.cache)  # vLLM's compile cache: a second eval starts warm
         return VLLMEngine(base, adapter, plan=plan, max_new_tokens=settings.eval_max_new_tokens)
     dtype = plan.training.dtype if plan.training and plan.training.dtype else "fp32"
     return HFEngine(

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from bootstrap.train.caches import CACHE_DIRS
+
 pytest_plugins = ["tests.fakes.fixtures"]
 
 ENDPOINT_VARS = (
@@ -45,6 +47,9 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pyt
         monkeypatch.setenv(name, dead)
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MODELSCOPE_API_TOKEN", "HF_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
+    for name in CACHE_DIRS:  # train() points unset ones into its workspace: undone after the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     cache = tmp_path_factory.mktemp("caches")
     monkeypatch.setenv("HF_HOME", str(cache / "hf"))
     monkeypatch.setenv("MODELSCOPE_CACHE", str(cache / "modelscope"))

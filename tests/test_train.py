@@ -26,6 +26,7 @@ from bootstrap.config import load_config
 from bootstrap.detect import detect
 from bootstrap.errors import ConfigError, EnvironmentUnfit, TrainingFailed
 from bootstrap.plan import Plan, build_plan
+from bootstrap.train.caches import CACHE_DIRS
 from bootstrap.train.grpo import (
     RECIPE_BETA,
     StopRequest,
@@ -81,7 +82,12 @@ def trainer_state(checkpoint: Path) -> dict[str, Any]:
 def flow(tmp_path_factory: pytest.TempPathFactory, tiny_qwen2_dir: Path) -> dict[str, Any]:
     """Train 2 steps, then again with max_steps 4 (resume), then again (already done)."""
     ws = make_workspace(tmp_path_factory.mktemp("flow"), tiny_qwen2_dir)
-    first = train(make_plan(ws, max_steps=2, save_steps=2), ws, show_progress=False)
+    with pytest.MonkeyPatch.context() as env:
+        for name in CACHE_DIRS:  # unset, as on a fresh machine; restored afterwards
+            env.setenv(name, "")
+            env.delenv(name)
+        first = train(make_plan(ws, max_steps=2, save_steps=2), ws, show_progress=False)
+        caches = {name: os.environ.get(name) for name in CACHE_DIRS}
     after_first = {
         "metrics": read_metrics(ws.metrics),
         "lora_config": json.loads((ws.lora / "adapter_config.json").read_text()),
@@ -95,6 +101,7 @@ def flow(tmp_path_factory: pytest.TempPathFactory, tiny_qwen2_dir: Path) -> dict
     return {
         "ws": ws,
         "first": first,
+        "caches": caches,
         "after_first": after_first,
         "second": second,
         "metrics_after_second": metrics_after_second,
@@ -156,6 +163,12 @@ def test_the_saved_adapter_loads_and_holds_only_the_trained_weights(flow: dict[s
     assert not [k for k in tensors if ".ref." in k]  # no KL reference copy in the result
     # 2 layers x 7 projections x (A, B)
     assert len(tensors) == 2 * 7 * 2
+
+
+def test_compile_caches_were_pointed_into_the_workspace(flow: dict[str, Any]) -> None:
+    cache_root = flow["ws"].cache
+    assert flow["caches"] == {name: str(cache_root / d) for name, d in CACHE_DIRS.items()}
+    assert all((cache_root / d).is_dir() for d in CACHE_DIRS.values())
 
 
 def test_samples_show_the_question_answered_without_and_with_the_lora(flow: dict[str, Any]) -> None:

@@ -37,6 +37,7 @@ from bootstrap.config import TrainConfig
 from bootstrap.errors import BootstrapError, ConfigError, Interrupted, TrainingFailed
 from bootstrap.plan import Plan
 from bootstrap.train.backends import ADAPTER_FILES, TOKENIZER_FILES, Backend, make_backend
+from bootstrap.train.caches import use_workspace_caches
 from bootstrap.train.metrics import metrics_callback, prune_metrics
 from bootstrap.train.samples import write_samples
 from bootstrap.workspace import Workspace
@@ -184,7 +185,6 @@ def grpo_config_kwargs(
         "beta": RECIPE_BETA,
         "report_to": "none",
         "disable_tqdm": True,  # our own progress bar (metrics.py) replaces the Trainer's
-        "vllm_gpu_memory_utilization": settings.gpu_memory_utilization or 0.5,
     }
     kwargs.update(overrides or {})
     return kwargs
@@ -308,11 +308,12 @@ def _run_trainer(
     show_progress: bool,
 ) -> tuple[Any, Any, int]:
     """Load, train (resuming from `resume`), stop on a signal. Returns (model, tokenizer, step)."""
-    from bootstrap.train.backends import bitsandbytes_usable, cuda_available
+    from bootstrap.train.backends import bitsandbytes_usable, cuda_available, limit_gpu_memory
     from bootstrap.train.rewards import REWARD_FUNCS
 
     request = StopRequest()
     with request.installed():
+        limit_gpu_memory(settings)
         model, tokenizer, peft_config = backend.load()
         from transformers import PrinterCallback
         from trl import GRPOConfig  # after backend.load(): unsloth (if used) is imported first
@@ -421,6 +422,7 @@ def train(plan: Plan, workspace: Workspace, *, show_progress: bool = True) -> Tr
     elif workspace.metrics.exists():
         prune_metrics(workspace.metrics, keep_through_step=0)
 
+    use_workspace_caches(workspace.cache)  # before make_backend imports unsloth
     # Unsloth and some libraries print banners on stdout, which `--json` reserves for its document.
     with contextlib.redirect_stdout(sys.stderr):
         backend = make_backend(

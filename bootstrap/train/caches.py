@@ -1,0 +1,53 @@
+"""Compile and kernel caches in the workspace, so that a relaunch starts warm.
+
+A GRPO job's first step is mostly compilation: Unsloth generates patched modules, torch.compile
+(Inductor) and Triton build kernels, vLLM compiles its model graph.  Each library keeps the
+result in a cache directory named by an environment variable; by default those sit in the home
+directory or /tmp, which a container restart or a fresh cloud instance loses.  Pointing them into
+<workspace>/cache puts them on the same volume as the checkpoints, so a job resumed after
+pre-emption compiles nothing again.
+
+A variable already set wins (the image sets them to /workspace/cache, which every job in the
+container shares); only unset ones are pointed into the workspace.  Unsloth reads its variable
+when it is imported, so this runs before any backend is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import MutableMapping
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Environment variable -> directory under the cache root.
+CACHE_DIRS: dict[str, str] = {
+    "TORCHINDUCTOR_CACHE_DIR": "torchinductor",  # torch.compile's FX graph and kernel cache
+    "TRITON_CACHE_DIR": "triton",  # compiled Triton kernels (Unsloth's, bitsandbytes', vLLM's)
+    "VLLM_CACHE_ROOT": "vllm",  # vLLM's torch.compile artefacts
+    "UNSLOTH_COMPILE_LOCATION": "unsloth_compiled_cache",  # Unsloth's generated modules
+    "CUDA_CACHE_PATH": "nv-compute",  # the driver's JIT cache for PTX
+}
+
+
+def use_workspace_caches(
+    root: Path, environ: MutableMapping[str, str] | None = None
+) -> dict[str, str]:
+    """Point every compile cache that is not configured yet at a directory under `root`.
+
+    Creates the directories and returns {variable: directory} for the variables it set; those
+    already set are left alone (and logged once at debug level).
+    """
+    env = os.environ if environ is None else environ
+    chosen: dict[str, str] = {}
+    for variable, name in CACHE_DIRS.items():
+        if env.get(variable):
+            log.debug("%s already set to %s: left as is", variable, env[variable])
+            continue
+        directory = root / name
+        directory.mkdir(parents=True, exist_ok=True)
+        env[variable] = chosen[variable] = str(directory)
+    if chosen:
+        log.info("compile caches in %s (%s)", root, ", ".join(sorted(chosen)))
+    return chosen
