@@ -10,8 +10,16 @@ steps after the first; at least 5 of them), completion tokens/s (median), peak G
 torch (max_memory_allocated) and by NVML (device used minus the reading before the model was
 loaded, which includes vLLM's pre-allocated pool).
 
+`--relaunch` then starts each variant a second time on the same workspace, as a restart after
+pre-emption would: it resumes from the last checkpoint with the compile caches the first launch
+left in <workspace>/cache, and its first step is printed beside the first launch's.
+`--gpu-memory-limit-gib 15 --profile gpu-16gb` runs the 16 GB (T4) profile held to a T4's
+15 GiB; without `--profile` the settings below are the issue's comparison config.
+
     python benchmarks/grpo_step.py                      # random Qwen2.5-3B on a GPU; tiny on CPU
     python benchmarks/grpo_step.py --model DIR --steps 8 --backends trl,unsloth-vllm
+    python benchmarks/grpo_step.py --backends unsloth-vllm --profile gpu-16gb \
+        --gpu-memory-limit-gib 15 --relaunch
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ VARIANTS: dict[str, dict[str, str]] = {
     "unsloth-vllm": {"backend": "unsloth", "vllm": "on"},
 }
 GIB = 1024**3
+RELAUNCH_STEPS = 2  # the first step after a restart, and one to show it is past compilation
 
 
 def cuda_available() -> bool:
@@ -58,7 +67,8 @@ def available_variants(on_cuda: bool) -> list[str]:
 
 
 def summarise(lines: list[dict[str, Any]], baseline_used: int | None) -> dict[str, Any]:
-    """First step, steady median, tokens/s and memory peaks from metrics.jsonl lines."""
+    """First step, steady median, tokens/s and memory peaks from the metrics.jsonl lines of
+    one launch."""
     seconds = [line["step_seconds"] for line in lines if line.get("step_seconds") is not None]
     steady = seconds[1:]
     rates = [
@@ -95,15 +105,15 @@ def child(args: argparse.Namespace) -> int:
     from tests.fakes.assets import write_gsm8k
 
     ws = Workspace(args.work / args.child)
-    shutil.rmtree(ws.root, ignore_errors=True)
-    ws.model_dir(MODEL_ID).parent.mkdir(parents=True)
-    ws.model_dir(MODEL_ID).symlink_to(args.model.resolve(), target_is_directory=True)
-    splits = write_gsm8k(ws.root / "_gsm8k", train_rows=256, test_rows=4, seed=1)
-    ws.data_dir.mkdir(parents=True)
-    shutil.copy2(splits["train"], ws.split_path("train"))
+    if not args.relaunch_after:  # a relaunch resumes the first launch's workspace
+        shutil.rmtree(ws.root, ignore_errors=True)
+        ws.model_dir(MODEL_ID).parent.mkdir(parents=True)
+        ws.model_dir(MODEL_ID).symlink_to(args.model.resolve(), target_is_directory=True)
+        splits = write_gsm8k(ws.root / "_gsm8k", train_rows=256, test_rows=4, seed=1)
+        ws.data_dir.mkdir(parents=True)
+        shutil.copy2(splits["train"], ws.split_path("train"))
 
     on_cuda = args.on_cuda
-    gens = args.num_generations
     flags: dict[str, Any] = {
         "workspace": ws.root,
         "offline": True,
@@ -111,49 +121,83 @@ def child(args: argparse.Namespace) -> int:
         "profile": args.profile or (None if on_cuda else "cpu-smoke"),
         **VARIANTS[args.child],
         "load_in_4bit": on_cuda and not args.no_4bit,
-        "lora_rank": args.lora_rank,
-        "num_generations": gens,
-        "per_device_train_batch_size": gens,
         "gradient_accumulation_steps": 1,
         "max_prompt_length": 256,
-        "max_completion_length": args.completion_length,
-        "max_seq_length": max(1024, 256 + args.completion_length),
         "max_steps": args.steps,
         "save_steps": args.steps,
         "sample_max_tokens": 8,
+        **shape_flags(args),
     }
-    if args.gpu_memory_utilization is not None:
-        flags["gpu_memory_utilization"] = args.gpu_memory_utilization
+    for name in ("gpu_memory_utilization", "gpu_memory_limit_gib"):
+        if getattr(args, name) is not None:
+            flags[name] = getattr(args, name)
     config = load_config(flags=flags).config
     plan = build_plan(config, detect(config))
     baseline = nvml_used_bytes(0) if on_cuda else None
     started = time.perf_counter()
     result = train(plan, ws, show_progress=False)
+    launch = [line for line in read_metrics(ws.metrics) if line["step"] > args.relaunch_after]
     summary = {
         "variant": args.child,
         "backend": result.backend,
         "generation": result.generation,
         "total_s": time.perf_counter() - started,
         "profile": plan.profile.profile.name if plan.profile else None,
-        **summarise(read_metrics(ws.metrics), baseline),
+        "num_generations": plan.training.num_generations,
+        "max_completion_length": plan.training.max_completion_length,
+        "lora_rank": plan.training.lora_rank,
+        "gpu_memory_limit_gib": plan.training.gpu_memory_limit_gib,
+        **summarise(launch, baseline),
     }
     args.result.write_text(json.dumps(summary, indent=2))
     return 0
 
 
-def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Run one variant in a child process; its whole log goes to <work>/<variant>.log."""
-    result = args.work / f"{variant}.json"
-    log = args.work / f"{variant}.log"
+def shape_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The job's shape: as given, else the profile's (with --profile), else the issue's
+    comparison config (8 generations x 200 tokens, LoRA r64)."""
+    shape: dict[str, int] = (
+        {} if args.profile else {"num_generations": 8, "completion_length": 200, "lora_rank": 64}
+    )
+    for name in ("num_generations", "completion_length", "lora_rank"):
+        if getattr(args, name) is not None:
+            shape[name] = getattr(args, name)
+    flags: dict[str, Any] = {}
+    if "num_generations" in shape:
+        flags["num_generations"] = flags["per_device_train_batch_size"] = shape["num_generations"]
+    if "completion_length" in shape:
+        flags["max_completion_length"] = shape["completion_length"]
+        flags["max_seq_length"] = max(1024, 256 + shape["completion_length"])
+    if "lora_rank" in shape:
+        flags["lora_rank"] = shape["lora_rank"]
+    return flags
+
+
+def run_variant(variant: str, args: argparse.Namespace, relaunch_after: int = 0) -> dict[str, Any]:
+    """Run one variant in a child process; its whole log goes to <work>/<variant>[-relaunch].log.
+
+    With `relaunch_after` = N the child resumes the variant's workspace at step N and trains
+    RELAUNCH_STEPS more (the first one after a restart is the figure); only those are summarised.
+    """
+    name = f"{variant}-relaunch" if relaunch_after else variant
+    result = args.work / f"{name}.json"
+    log = args.work / f"{name}.log"
+    optional = {
+        "--num-generations": args.num_generations,
+        "--completion-length": args.completion_length,
+        "--lora-rank": args.lora_rank,
+        "--profile": args.profile,
+        "--gpu-memory-utilization": args.gpu_memory_utilization,
+        "--gpu-memory-limit-gib": args.gpu_memory_limit_gib,
+    }
     command = [
         sys.executable, __file__, "--child", variant, "--model", str(args.model),
-        "--work", str(args.work), "--result", str(result), "--steps", str(args.steps),
-        "--num-generations", str(args.num_generations),
-        "--completion-length", str(args.completion_length), "--lora-rank", str(args.lora_rank),
+        "--work", str(args.work), "--result", str(result),
+        "--steps", str(relaunch_after + RELAUNCH_STEPS if relaunch_after else args.steps),
+        "--relaunch-after", str(relaunch_after),
         *(["--no-4bit"] if args.no_4bit else []),
-        *(["--profile", args.profile] if args.profile else []),
-        *(["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
-          if args.gpu_memory_utilization is not None else []),
+        *(part for flag, value in optional.items() if value is not None
+          for part in (flag, str(value))),
     ]  # fmt: skip
     env = {
         **os.environ,
@@ -162,14 +206,14 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         # keep the caller's path (wheels installed with --target) and add the repository
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
     }
-    print(f"[{variant}] running, log in {log}", file=sys.stderr, flush=True)
+    print(f"[{name}] running, log in {log}", file=sys.stderr, flush=True)
     with log.open("w") as handle:
         code = subprocess.run(
             command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=args.work, check=False
         ).returncode
     if code != 0 or not result.is_file():
         tail = log.read_text(errors="replace").splitlines()[-15:]
-        return {"variant": variant, "error": f"exit {code}", "log_tail": tail}
+        return {"variant": name, "error": f"exit {code}", "log_tail": tail}
     return json.loads(result.read_text())
 
 
@@ -179,11 +223,15 @@ def _fmt(value: Any, spec: str) -> str:
 
 def render(rows: list[dict[str, Any]], args: argparse.Namespace, device: str) -> str:
     trl = next((r for r in rows if r["variant"] == "trl" and "error" not in r), None)
-    title = (
-        f"GRPO step benchmark on {device}: {args.num_generations} generations x "
-        f"{args.completion_length} tokens, LoRA r{args.lora_rank}, {args.steps} steps, "
-        f"model {args.model}"
-    )
+    shape = next((r for r in rows if "error" not in r), None)
+    title = f"GRPO step benchmark on {device}: model {args.model}, {args.steps} steps"
+    if shape:
+        title += (
+            f", profile {shape['profile']}: {shape['num_generations']} generations x "
+            f"{shape['max_completion_length']} tokens, LoRA r{shape['lora_rank']}"
+        )
+        if shape["gpu_memory_limit_gib"]:
+            title += f", GPU memory capped at {shape['gpu_memory_limit_gib']:g} GiB"
     columns = (
         "variant", "generation", "first step (s)", "steady s/step", "tokens/s",
         "peak torch GiB", "peak NVML GiB", "vs trl",
@@ -217,6 +265,27 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, device: str) ->
     return "\n".join(lines)
 
 
+def render_relaunch(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:
+    """First step of the first launch (cold caches) beside the relaunch's (warm caches)."""
+    lines = [
+        "Warm start: the same workspace launched again, resuming from its checkpoint",
+        "",
+        "| variant | first launch: first step (s) | relaunch: first step (s) | cold / warm |",
+        "| --- | --- | --- | --- |",
+    ]
+    for first, again in pairs:
+        if "error" in first or "error" in again:
+            lines.append(f"| {first['variant']} | failed (see the logs) | | |")
+            continue
+        cold, warm = first["first_step_s"], again["first_step_s"]
+        ratio = cold / warm if cold and warm else None
+        lines.append(
+            f"| {first['variant']} | {_fmt(cold, '.1f')} | {_fmt(warm, '.1f')} | "
+            f"{_fmt(ratio, '.2f')}x |"
+        )
+    return "\n".join(lines)
+
+
 def _device_name(on_cuda: bool) -> str:
     if not on_cuda:
         return "CPU"
@@ -239,28 +308,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--backends", help=f"comma list of {', '.join(VARIANTS)} (default: all available)"
     )
-    parser.add_argument("--num-generations", type=int, default=8)
-    parser.add_argument("--completion-length", type=int, default=200)
-    parser.add_argument("--lora-rank", type=int, default=64)
+    parser.add_argument("--num-generations", type=int, help="default: the profile's, else 8")
+    parser.add_argument("--completion-length", type=int, help="default: the profile's, else 200")
+    parser.add_argument("--lora-rank", type=int, help="default: the profile's, else 64")
     parser.add_argument(
         "--no-4bit", action="store_true", help="16-bit weights instead of 4-bit on GPU"
     )
     parser.add_argument("--profile", help="training profile (default: chosen from the GPU)")
     parser.add_argument("--gpu-memory-utilization", type=float, help="vLLM's share of the GPU")
     parser.add_argument(
+        "--gpu-memory-limit-gib", type=float, help="cap each variant's GPU memory (torch + vLLM)"
+    )
+    parser.add_argument(
+        "--relaunch", action="store_true", help="launch each variant again, warm; print both"
+    )
+    parser.add_argument(
         "--work", type=Path, help="where workspaces and logs go (default: a temp dir)"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--relaunch-after", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.steps < 6:
-        parser.error("--steps must be at least 6: the first step plus 5 steady ones")
 
     if args.child:
         args.on_cuda = cuda_available()
         return child(args)
 
+    if args.steps < 6:
+        parser.error("--steps must be at least 6: the first step plus 5 steady ones")
     on_cuda = cuda_available()
     args.work = (args.work or Path(tempfile.mkdtemp(prefix="grpo-step-"))).resolve()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -288,7 +364,15 @@ def main(argv: list[str] | None = None) -> int:
                 [*build, "--out", str(args.model), *(["--tiny"] if tiny else [])], check=True
             )
     rows = [run_variant(variant, args) for variant in wanted if variant in available]
+    relaunched = [
+        (row, run_variant(row["variant"], args, relaunch_after=args.steps))
+        for row in rows
+        if args.relaunch and "error" not in row
+    ]
     print(render(rows, args, _device_name(on_cuda)))
+    if relaunched:
+        print("\n" + render_relaunch(relaunched))
+    rows += [again for _, again in relaunched]
     for row in rows:
         if "error" in row:
             print(

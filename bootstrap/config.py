@@ -78,7 +78,12 @@ class TrainConfig(_Section):
     ]  # fmt: skip
     gradient_checkpointing: Literal["unsloth", "true", "false"] = "unsloth"
     seed: int = 3407
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=0.95)
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=0.95, description="vLLM's share of the GPU memory this job may use"
+    )
+    gpu_memory_limit_gib: float | None = Field(
+        None, gt=0, description="cap on this job's GPU memory, e.g. 15 to rehearse a 16 GB card"
+    )
     learning_rate: float = Field(5e-6, gt=0, lt=1)
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.99, ge=0, lt=1)

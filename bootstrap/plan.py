@@ -136,7 +136,9 @@ def build_plan(
     refusal: str | None = None
     choice: ProfileChoice | None
     try:
-        choice = choose_profile(detection.gpus, config.profile)
+        choice = choose_profile(
+            detection.gpus, config.profile, config.train.gpu_memory_limit_gib
+        )
     except EnvironmentUnfit as exc:
         choice, refusal = None, str(exc)
     training = resolve_training(config.train, choice.profile) if choice else None

@@ -167,3 +167,28 @@ def test_profile_settings_are_training_config_fields():
     # plan.py fills the training config's blanks from the profile by field name
     own = {"name", "description", "requires_gpu", "min_gpu_memory_gib"}
     assert set(PROFILES["gpu-16gb"].model_dump()) - own <= set(TrainConfig.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("card", "limit", "profile"),
+    [
+        ("H100", 15, "gpu-16gb"),
+        ("H100", 23, "gpu-24gb"),
+        ("A10", 40, "gpu-24gb"),
+        ("H100", None, "gpu-80gb"),
+    ],
+)
+def test_a_memory_cap_chooses_the_profile_of_a_card_that_size(card, limit, profile):
+    choice = choose_profile(report(card), memory_limit_gib=limit)
+    assert choice.profile.name == profile
+    assert ("capped at" in choice.reason) == (limit is not None and limit < CARDS[card][1] / 1024)
+
+
+def test_a_cap_below_every_profile_is_refused_with_the_cap_named():
+    with pytest.raises(EnvironmentUnfit, match="capped at 8 GiB"):
+        choose_profile(report("H100"), memory_limit_gib=8)
+
+
+def test_a_requested_profile_larger_than_the_cap_is_warned_about():
+    choice = choose_profile(report("H100"), "gpu-24gb", memory_limit_gib=15)
+    assert "may run out of GPU memory" in choice.reason

@@ -162,3 +162,38 @@ def test_unsloth_resume_continues_the_step_count(tmp_path: Path, random_qwen: Pa
     result = run_train(ws, backend="unsloth", vllm="off", max_steps=3, save_steps=2)
     assert result["resumed_from"] == str(ws.checkpoints / "checkpoint-2")
     assert [line["step"] for line in read_metrics(ws.metrics)] == [1, 2, 3]
+
+
+def test_memory_limit_holds_torch_and_vllm_to_the_cap(tmp_path: Path) -> None:
+    # In its own process: a per-process memory fraction cannot be lifted again.
+    script = textwrap.dedent(
+        """
+        import json, torch
+        from bootstrap.config import TrainConfig
+        from bootstrap.train.backends import limit_gpu_memory, vllm_memory_utilization
+        settings = TrainConfig(gpu_memory_limit_gib=15, gpu_memory_utilization=0.5)
+        fraction = limit_gpu_memory(settings)
+        total = torch.cuda.get_device_properties(0).total_memory
+        fits = torch.empty(14 * 2**30, dtype=torch.uint8, device="cuda")
+        del fits
+        try:
+            torch.empty(16 * 2**30, dtype=torch.uint8, device="cuda")
+            refused = False
+        except torch.OutOfMemoryError:
+            refused = True
+        print(json.dumps({"cap_gib": fraction * total / 2**30, "refused": refused,
+                          "vllm_gib": vllm_memory_utilization(settings) * total / 2**30}))
+        """
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["cap_gib"] == pytest.approx(15)
+    assert figures["refused"]  # 16 GiB does not fit under a 15 GiB cap on an 80 GB card
+    assert figures["vllm_gib"] == pytest.approx(7.5)  # half of the cap, not half of the card

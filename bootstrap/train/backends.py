@@ -69,6 +69,51 @@ def _local_device() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+GIB = 1024**3
+
+
+def _card_fraction(limit_gib: float | None) -> float:
+    """The share of this process's GPU that `limit_gib` allows (1.0 without a cap)."""
+    if limit_gib is None:
+        return 1.0
+    import torch
+
+    total = torch.cuda.get_device_properties(_local_device()).total_memory
+    return min(1.0, limit_gib * GIB / total)
+
+
+def limit_gpu_memory(settings: TrainConfig) -> float | None:
+    """Hold this process to `gpu_memory_limit_gib` of its GPU; returns the fraction, or None.
+
+    torch's caching allocator then fails an allocation past the cap with the out-of-memory error
+    a smaller card would give.  Unsloth runs vLLM's engine inside this process and vLLM takes
+    its KV-cache pool through torch, so one cap covers training and generation.  Without CUDA
+    there is nothing to cap (logged).
+    """
+    if settings.gpu_memory_limit_gib is None:
+        return None
+    if not cuda_available():
+        log.info("gpu_memory_limit_gib ignored: no CUDA device")
+        return None
+    import torch
+
+    fraction = _card_fraction(settings.gpu_memory_limit_gib)
+    torch.cuda.set_per_process_memory_fraction(fraction, _local_device())
+    log.info(
+        "GPU memory capped at %g GiB (%.1f%% of the card)",
+        settings.gpu_memory_limit_gib,
+        100 * fraction,
+    )
+    return fraction
+
+
+def vllm_memory_utilization(settings: TrainConfig) -> float:
+    """vLLM's gpu_memory_utilization, which is a fraction of the whole card: the configured
+    share of what this job may use (the card, or the cap)."""
+    share = settings.gpu_memory_utilization or 0.5
+    return share * _card_fraction(settings.gpu_memory_limit_gib)
+
+
 class Backend(ABC):
     """Loads the model with its LoRA, supplies the GRPO trainer class, saves and samples.
 
@@ -220,7 +265,7 @@ class UnslothBackend(Backend):
             load_in_4bit=s.load_in_4bit,
             fast_inference=use_vllm,
             max_lora_rank=s.lora_rank,
-            gpu_memory_utilization=s.gpu_memory_utilization,
+            gpu_memory_utilization=vllm_memory_utilization(s),
             random_state=s.seed,
         )
         model = FastLanguageModel.get_peft_model(

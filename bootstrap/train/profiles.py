@@ -157,10 +157,19 @@ def _dtype(gpus: GPUReport) -> Literal["bf16", "fp16"]:
     return "bf16" if gpus.all_bf16 else "fp16"
 
 
-def _describe_gpus(gpus: GPUReport) -> str:
+def _budget_gib(gpus: GPUReport, limit_gib: float | None) -> float:
+    """The memory a per-device setting has to fit in: the smallest GPU's, or the cap if lower."""
+    smallest = (gpus.min_memory_mib or 0) / 1024
+    return smallest if limit_gib is None else min(smallest, limit_gib)
+
+
+def _describe_gpus(gpus: GPUReport, limit_gib: float | None) -> str:
     names = sorted({g.name for g in gpus.gpus})
     smallest = (gpus.min_memory_mib or 0) / 1024
-    return f"{gpus.count} x {' + '.join(names)} (smallest {smallest:.1f} GiB)"
+    text = f"{gpus.count} x {' + '.join(names)} (smallest {smallest:.1f} GiB)"
+    if limit_gib is not None and limit_gib < smallest:
+        text += f" capped at {limit_gib:g} GiB by gpu_memory_limit_gib"
+    return text
 
 
 def _dtype_reason(gpus: GPUReport) -> str:
@@ -180,14 +189,17 @@ def _lookup(requested: str) -> Profile:
     return PROFILES[name]
 
 
-def choose_profile(gpus: GPUReport, requested: str | None = None) -> ProfileChoice:
+def choose_profile(
+    gpus: GPUReport, requested: str | None = None, memory_limit_gib: float | None = None
+) -> ProfileChoice:
     """The training profile for these GPUs, or the one `requested` (a name; None or "auto"
     chooses from the GPUs).
 
-    Automatic choice takes the largest profile whose memory floor the smallest GPU clears,
-    with dtype bf16 when every GPU supports it and fp16 otherwise.  A requested profile is used
-    as asked, with the dtype the GPUs allow; asking for more memory than the GPUs have is the
-    user's call and only noted in the reason.
+    Automatic choice takes the largest profile whose memory floor the smallest GPU clears (or
+    `memory_limit_gib`, the job's cap, where that is lower: a 15 GiB cap on an H100 rehearses a
+    16 GB card), with dtype bf16 when every GPU supports it and fp16 otherwise.  A requested
+    profile is used as asked, with the dtype the GPUs allow; asking for more memory than the
+    GPUs have (or the cap allows) is the user's call and only noted in the reason.
 
     Raises:
         ConfigError: `requested` is not a profile name (exit 2; the hint lists the names).
@@ -205,8 +217,11 @@ def choose_profile(gpus: GPUReport, requested: str | None = None) -> ProfileChoi
                 f"({gpus.reason or 'no GPU listed'})",
                 hint=_CPU_HINT,
             )
-        reason = f"requested with --profile on {_describe_gpus(gpus)}; {_dtype_reason(gpus)}"
-        smallest_gib = (gpus.min_memory_mib or 0) / 1024
+        reason = (
+            f"requested with --profile on {_describe_gpus(gpus, memory_limit_gib)}; "
+            f"{_dtype_reason(gpus)}"
+        )
+        smallest_gib = _budget_gib(gpus, memory_limit_gib)
         if smallest_gib < profile.min_gpu_memory_gib:
             reason += (
                 f"; warning: sized for {profile.min_gpu_memory_gib:g} GiB or more, "
@@ -221,19 +236,19 @@ def choose_profile(gpus: GPUReport, requested: str | None = None) -> ProfileChoi
             "recipe's model needs one",
             hint=_CPU_HINT,
         )
-    smallest_gib = (gpus.min_memory_mib or 0) / 1024
+    smallest_gib = _budget_gib(gpus, memory_limit_gib)
     for profile in _GPU_TIERS:
         if smallest_gib >= profile.min_gpu_memory_gib:
             chosen = profile.model_copy(update={"dtype": _dtype(gpus)})
             reason = (
-                f"{_describe_gpus(gpus)} clears the {profile.min_gpu_memory_gib:g} GiB floor of "
-                f"{profile.name}; {_dtype_reason(gpus)}"
+                f"{_describe_gpus(gpus, memory_limit_gib)} clears the "
+                f"{profile.min_gpu_memory_gib:g} GiB floor of {profile.name}; {_dtype_reason(gpus)}"
             )
             return ProfileChoice(profile=chosen, reason=reason, requested=False)
     floor = _GPU_TIERS[-1]
     raise EnvironmentUnfit(
-        f"{_describe_gpus(gpus)}: below the {floor.min_gpu_memory_gib:g} GiB the smallest GPU "
-        f"profile ({floor.name}) is sized for",
+        f"{_describe_gpus(gpus, memory_limit_gib)}: below the {floor.min_gpu_memory_gib:g} GiB "
+        f"the smallest GPU profile ({floor.name}) is sized for",
         hint=f"use --profile {floor.name} to try anyway (lower max_completion_length and "
         "num_generations if it runs out of memory), or --profile cpu-smoke",
     )
