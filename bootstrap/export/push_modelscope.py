@@ -16,14 +16,19 @@ the token as cookie ``m_session_id`` and as ``Authorization: Bearer`` on every r
                                                        weights and files over 64 KiB by sha256
 
 The client splits a commit only past 256 files or 8 MiB of inline content, far above an export.
-It retries blob PUTs and the commit itself (5 attempts; 429's Retry-After honoured); what still
-fails reaches the caller's retry policy.  The token is handed to the client, which keeps it in
-its in-memory session; login() is never called, because it saves the token and cookies under
-~/.modelscope/credentials.  The client's own writes there are a random session id for its
-user-agent, and nothing else: no upload cache (use_cache=False keeps .ms_upload_cache out of
-exports/).  Its report goes to stdout, which belongs to --json, so it is caught and logged at
-debug level; its logger, which has a stderr handler of its own, goes through ours for the upload,
-so -q/-v and the token filter apply to it too.
+It retries blob PUTs and the commit itself (5 attempts, then recovery rounds: about a minute for
+a hub that keeps answering 503; 429's Retry-After honoured) and then raises StorageError, which
+the caller's policy does not repeat; errors before the upload (creating the repository, a
+dropped connection) reach that policy as they are.  Unlike huggingface_hub's create_commit, a
+failed upload is not all-or-nothing: when a blob cannot be stored, the client still commits the
+files that made it, then raises; pushing again completes the repository (stored blobs are
+reused).  The token is handed to the client, which keeps it in its in-memory session; login() is
+never called, because it saves the token and cookies under ~/.modelscope/credentials.  The
+client's own writes there are a random session id for its user-agent, and nothing else: no
+upload cache (use_cache=False keeps .ms_upload_cache out of exports/).  Its report goes to
+stdout, which belongs to --json, so it is caught and logged at debug level; its logger, which
+has a stderr handler of its own, goes through ours for the upload, so -q/-v and the token filter
+apply to it too.
 
 The client reports no commit id, so a push record holds the repository page, not a commit.
 """
