@@ -86,8 +86,10 @@ def _names(exc: BaseException) -> set[str]:
 
 
 def _own_status(err: BaseException) -> int | None:
-    """The status one error carries: on its response (httpx, requests), else on itself
-    (modelscope_hub's APIError keeps only the number)."""
+    """The HTTP status one error carries, on its response or on itself.
+
+    httpx and requests errors hold the response; modelscope_hub's APIError keeps only the number.
+    """
     status = getattr(getattr(err, "response", None), "status_code", None)
     if not isinstance(status, int):
         status = getattr(err, "status_code", None)
