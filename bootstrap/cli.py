@@ -254,13 +254,17 @@ def evaluate_command(app: App, job_flags: dict[str, Any], which: str, limit: int
 @click.option("--formats", default=None, metavar="LIST",
               help="Comma list of lora, merged16, merged4, gguf-f16, gguf-q8_0, gguf-q4_k_m, "
               f"gguf-q5_k_m, ollama. [env: {env_var('export_formats')}]")
+@click.option("--push", "push", multiple=True, metavar="HUB:OWNER/NAME",
+              help="Upload the exported formats to hf:OWNER/NAME (token: HF_TOKEN) or "
+              "modelscope:OWNER/NAME (token: MODELSCOPE_API_TOKEN; created private); repeatable. "
+              f"[env: {env_var('push')}]")
 @click.pass_obj
-def export_command(app: App, job_flags: dict[str, Any], formats: str | None) -> None:
+def export_command(app: App, job_flags: dict[str, Any], formats: str | None, push: tuple[str, ...]) -> None:
     """The trained model in the formats people deploy, listed with sha256 in exports/manifest.json."""
     from bootstrap.export import export
     from bootstrap.workspace import Workspace
 
     chosen = parse_text("export_formats", formats) if formats is not None else None
-    the_plan = _detect_and_plan(app, {**job_flags, "export_formats": chosen})
+    the_plan = _detect_and_plan(app, {**job_flags, "export_formats": chosen, "push": list(push) or None})
     manifest = export(the_plan, Workspace(the_plan.config.workspace))
     app.emit(manifest, lambda: render.exports(manifest))

@@ -439,6 +439,44 @@ def test_modelscope_does_not_retry_404(ms_big: FakeModelScope, tmp_path: Path) -
     assert not list(tmp_path.rglob("model.safetensors"))
 
 
+def _ms_uploadable(root: Path) -> Path:
+    """A folder with one file modelscope_hub commits inline and one it sends as a blob."""
+    root.mkdir()
+    (root / "adapter_config.json").write_text('{"r": 8}\n')
+    (root / "adapter_model.safetensors").write_bytes(os.urandom(70_000))
+    return root
+
+
+def test_modelscope_upload_refused_without_a_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelscope_hub import AuthenticationError, HubApi
+
+    monkeypatch.setenv("MODELSCOPE_HOME", str(tmp_path / "ms-home"))
+    with FakeModelScope() as hub:
+        with pytest.raises(AuthenticationError) as caught:
+            HubApi(endpoint=hub.url, token="").create_repo("me/x", "model")
+        assert caught.value.status_code == 401
+        assert [(r.path, r.auth, r.status) for r in hub.records] == [("/api/v1/models", None, 401)]
+
+
+def test_modelscope_upload_folder_commits_what_it_could_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """upload_folder is not all-or-nothing: a blob refused, the inline file is still committed."""
+    from modelscope_hub import HubApi, StorageError
+
+    monkeypatch.setenv("MODELSCOPE_HOME", str(tmp_path / "ms-home"))
+    folder = _ms_uploadable(tmp_path / "up")
+    with FakeModelScope(token="ms-t") as hub:
+        hub.faults.add(r"/info/lfs/objects/batch$", Fault.http(403), times=10)
+        api = HubApi(endpoint=hub.url, token="ms-t")
+        with pytest.raises(StorageError):
+            api.upload_folder("me/x", "model", folder, use_cache=False, disable_tqdm=True)
+        assert [c.paths for c in hub.commits] == [["adapter_config.json"]]
+        assert hub.visibility == {"me/x": 5}, "upload_folder's own create makes it public"
+
+
 # --- the server itself -------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ import httpx
 import pytest
 import requests
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+from modelscope_hub import errors as ms
 
 from bootstrap.hub.retry import (
     RetryPolicy,
@@ -49,6 +50,14 @@ def requests_error(status: int) -> requests.HTTPError:
         (requests_error(502), True),
         (hf_error(HfHubHTTPError, 504), True),
         (VerificationError("sha256 mismatch"), True),
+        # modelscope_hub keeps only the status number on its errors (no response object)
+        (ms.ServerError("injected fault", status_code=503), True),
+        (ms.RateLimitError("slow down", retry_after=2), True),
+        (ms.NetworkError("Connection failed: refused"), True),
+        (ms.AuthenticationError("User not logged in.", status_code=401), False),
+        (ms.PermissionDeniedError("no write access", status_code=403), False),
+        (ms.NotExistError("Model does not exist.", status_code=404), False),
+        (ms.AlreadyExistsError("name taken", status_code=400), False),
         (httpx_error(401), False),
         (httpx_error(404), False),
         (requests_error(403), False),
@@ -75,6 +84,8 @@ def test_retry_after_seconds_and_date() -> None:
     future = email.utils.formatdate(1_000_030, usegmt=True)
     assert retry_after_seconds(httpx_error(503, {"Retry-After": future}), now=1_000_000) == 30.0
     assert retry_after_seconds(httpx_error(503)) is None
+    assert retry_after_seconds(ms.RateLimitError("slow down", retry_after=7)) == 7.0
+    assert retry_after_seconds(ms.ServerError("down", status_code=503)) is None
 
 
 def test_retry_after_is_honoured_and_capped() -> None:

@@ -171,8 +171,8 @@ def export(
     """Write the requested formats (default: the plan's) under <workspace>/exports/.
 
     Raises EnvironmentUnfit before any work when a format cannot be made here (merged4 without
-    CUDA, GGUF without the llama.cpp tools, a push without HF_TOKEN) and ConfigError when the
-    base model or the adapter is missing.  Returns the manifest, which is also written to
+    CUDA, GGUF without the llama.cpp tools, a push without its hub's token) and ConfigError when
+    the base model or the adapter is missing.  Returns the manifest, which is also written to
     exports/manifest.json.
     """
     chosen = resolve_formats(list(formats) if formats is not None else plan.export_formats)
@@ -191,7 +191,7 @@ def export(
             workspace.exports,
             manifest,
             targets,
-            hf_endpoint=plan.config.endpoints.hf_endpoint,
+            endpoints=plan.config.endpoints,
             formats=chosen,
         )
         write_manifest(workspace.exports, manifest)

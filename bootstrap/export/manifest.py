@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ValidationError
 
@@ -33,9 +34,10 @@ class Artefact(BaseModel):
 class PushRecord(BaseModel):
     """One finished push: where the artefacts went.  Never holds a credential."""
 
-    target: str  # "hf:OWNER/NAME"
-    commit_url: str
-    commit_sha: str
+    target: str  # "hf:OWNER/NAME" or "modelscope:OWNER/NAME"
+    hub: Literal["hf", "modelscope"]
+    url: str  # the commit (Hugging Face) or the repository page (ModelScope)
+    commit_sha: str | None  # None on ModelScope, whose client reports no commit id
     formats: list[str]
     files: list[str]  # paths in the repository, the same as in the exports directory
 

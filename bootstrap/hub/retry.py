@@ -85,12 +85,22 @@ def _names(exc: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(exc).__mro__}
 
 
+def _own_status(err: BaseException) -> int | None:
+    """The HTTP status one error carries, on its response or on itself.
+
+    httpx and requests errors hold the response; modelscope_hub's APIError keeps only the number.
+    """
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if not isinstance(status, int):
+        status = getattr(err, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
 def status_of(exc: BaseException) -> int | None:
     """The HTTP status behind an error, looking through the chain of causes."""
     for err in _chain(exc):
-        response = getattr(err, "response", None)
-        status = getattr(response, "status_code", None)
-        if isinstance(status, int):
+        status = _own_status(err)
+        if status is not None:
             return status
     return None
 
@@ -103,8 +113,8 @@ def is_retryable(exc: BaseException) -> bool:
         names = _names(err)
         if names & FINAL_ERRORS:
             return False
-        status = getattr(getattr(err, "response", None), "status_code", None)
-        if isinstance(status, int):
+        status = _own_status(err)
+        if status is not None:
             return status in RETRYABLE_STATUS or (status >= 500 and status not in FINAL_STATUS)
         if names & TRANSIENT_ERRORS:
             return True
@@ -114,6 +124,9 @@ def is_retryable(exc: BaseException) -> bool:
 def retry_after_seconds(exc: BaseException, now: float | None = None) -> float | None:
     """Seconds a Retry-After header asks for (delta-seconds or HTTP-date), if any."""
     for err in _chain(exc):
+        parsed = getattr(err, "retry_after", None)  # modelscope_hub's RateLimitError parsed it
+        if isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+            return float(parsed)
         headers = getattr(getattr(err, "response", None), "headers", None)
         value = headers.get("Retry-After") if headers is not None else None
         if not value:

@@ -13,26 +13,50 @@ File entries carry ``Sha256`` and ``Size``, so the client's own integrity check 
 file.  Responses use the hub's envelope ``{"Code": 200, "Data": ..., "Success": true}``.
 Revision ``master`` (ModelScope's default branch) and the repository's fixed commit are served.
 
+Written (as ``modelscope_hub.HubApi.create_repo`` and ``upload_folder`` call them; the legacy
+client sends the token both as cookie ``m_session_id`` and as a Bearer header):
+
+- ``POST /api/v1/models``: create a model repository (JSON ``Path``, ``Name``, ``Visibility``);
+  an existing name is refused with 400 and the hub's business code 10010101001, which the client
+  raises as AlreadyExistsError;
+- ``POST /api/v1/repos/models/{repo}/info/lfs/objects/batch``: git-lfs batch negotiation; only
+  objects still to be stored are answered, each with an upload href;
+- ``PUT /_oss/{sha256}``: that href (presigned object storage on the real hub, so no auth is
+  checked); the body must hash to its name;
+- ``POST /api/v1/repos/models/{repo}/commit/{branch}``: one commit of ``actions`` (``normal``
+  files inline in base64, ``lfs`` files by sha256 of an uploaded blob), written into the
+  repository, which is then served like any other.
+
+A write without the token (any token when none is set) is refused with 401, as the hub does.
+
 Aim the real client at it with ``endpoint=server.url`` or ``MODELSCOPE_ENDPOINT=server.url``
 (``MODELSCOPE_DOMAIN`` is deprecated and forces https:// onto a bare host name).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import shutil
+import tempfile
+import threading
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from tests.fakes.hf_hub import FakeRepo, RepoFile, commit_sha_for
+from tests.fakes.hf_hub import FakeRepo, PushedCommit, RepoFile, commit_sha_for
 from tests.fakes.server import LoopbackServer, Request, Response
 
 DEFAULT_BRANCH = "master"
 CREATED_AT = 1727222400  # ModelScope reports times as unix seconds
+MODEL_EXISTS_CODE = 10010101001  # the China site's business code for a taken model name
 
 
-def _envelope(data: object, status: int = 200, message: str = "success") -> Response:
+def _envelope(
+    data: object, status: int = 200, message: str = "success", code: int | None = None
+) -> Response:
     body = {
-        "Code": status,
+        "Code": status if code is None else code,
         "Data": data,
         "Message": message,
         "RequestId": "fake",
@@ -63,19 +87,38 @@ class FakeModelScope(LoopbackServer):
     """Loopback ModelScope.  Use as a context manager; pass ``url`` as the client's endpoint.
 
     ``token``: when set, requests must carry it (cookie ``m_session_id`` or a Bearer header),
-    else 401.  Dataset listings are paged with the client's own PageSize.
+    else 401.  Dataset listings are paged with the client's own PageSize.  ``commits`` lists
+    the commits received; ``visibility`` the Visibility each created repository asked for.
     """
 
     def __init__(self, token: str | None = None) -> None:
         super().__init__()
         self.token = token
         self.repos: dict[tuple[str, str], FakeRepo] = {}
+        # Uploads land here: one directory per created repository, and the blobs by sha256.
+        self._store = Path(tempfile.mkdtemp(prefix="fake-modelscope."))
+        self._blobs: dict[str, Path] = {}
+        self._upload_lock = threading.Lock()
+        self.commits: list[PushedCommit] = []
+        self.visibility: dict[str, int] = {}
         kinds = r"(?P<kind>models|datasets)"
         repo = r"(?P<repo>[^/]+/[^/]+)"
         self.route(("GET",), rf"/api/v1/{kinds}/{repo}", self._info)
         self.route(("GET",), rf"/api/v1/{kinds}/{repo}/revisions", self._revisions)
         self.route(("GET",), rf"/api/v1/{kinds}/{repo}/repo/(?:files|tree)", self._files)
         self.route(("GET",), rf"/api/v1/{kinds}/{repo}/repo", self._download)
+        self.route(("POST",), r"/api/v1/models", self._create_model)
+        self.route(("POST",), rf"/api/v1/repos/models/{repo}/info/lfs/objects/batch", self._batch)
+        self.route(("PUT",), r"/_oss/(?P<oid>[0-9a-f]{64})", self._put_blob)
+        self.route(("POST",), rf"/api/v1/repos/models/{repo}/commit/(?P<rev>[^/]+)", self._commit)
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self._store, ignore_errors=True)
+
+    def pushed_bytes(self, repo_id: str, path: str) -> bytes:
+        """The content of a file of model ``repo_id`` as the last commit left it."""
+        return self.repos[("model", repo_id)].files[path].source.read_bytes()
 
     def add_repo(
         self, repo_id: str, root: Path, repo_type: str = "model", sha: str | None = None
@@ -166,3 +209,104 @@ class FakeModelScope(LoopbackServer):
         if f is None:
             return _envelope(None, 404, f"file {path} not found")
         return Response(200, headers={"ETag": f'"{f.sha256}"'}, body=f.source)
+
+    # -- upload API ----------------------------------------------------------------------------
+    def _refused(self, request: Request) -> Response | None:
+        """401 unless the request carries the token (any token when none is set)."""
+        cookie = request.headers.get("cookie", "")
+        bearer = request.headers.get("authorization", "")
+        if self.token is None:
+            ok = "m_session_id=" in cookie or bearer.startswith("Bearer ")
+        else:
+            ok = f"m_session_id={self.token}" in cookie or bearer == f"Bearer {self.token}"
+        return None if ok else _envelope(None, 401, "用户未登录")
+
+    def _writable(self, request: Request) -> FakeRepo | Response:
+        refused = self._refused(request)
+        if refused:
+            return refused
+        assert request.match is not None
+        repo = self.repos.get(("model", request.match["repo"]))
+        if repo is None:
+            return _envelope(None, 404, "模型不存在")
+        return repo
+
+    def _create_model(self, request: Request) -> Response:
+        refused = self._refused(request)
+        if refused:
+            return refused
+        body = json.loads(request.body)
+        repo_id = f"{body['Path']}/{body['Name']}"
+        with self._upload_lock:
+            if ("model", repo_id) in self.repos:
+                return _envelope(None, 400, "该名称已被注册使用，请重新命名", MODEL_EXISTS_CODE)
+            root = self._store / repo_id
+            root.mkdir(parents=True)
+            self.add_repo(repo_id, root)
+            self.visibility[repo_id] = int(body["Visibility"])
+        return _envelope({"Path": body["Path"], "Name": body["Name"]})
+
+    def _batch(self, request: Request) -> Response:
+        repo = self._writable(request)
+        if isinstance(repo, Response):
+            return repo
+        body = json.loads(request.body)
+        if body.get("operation") != "upload":
+            return _envelope(None, 400, "only uploads are negotiated here")
+        href = f"{request.base_url}/_oss"
+        objects = [
+            {
+                "oid": o["oid"],
+                "size": o["size"],
+                "actions": {"upload": {"href": f"{href}/{o['oid']}"}},
+            }
+            for o in body["objects"]
+            if o["oid"] not in self._blobs  # a stored blob is not answered: the client reuses it
+        ]
+        return _envelope({"objects": objects})
+
+    def _put_blob(self, request: Request) -> Response:
+        assert request.match is not None
+        oid = request.match["oid"]
+        if hashlib.sha256(request.body).hexdigest() != oid:
+            return _envelope(None, 400, "content does not match its sha256")
+        path = self._store / ".blobs" / oid
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(request.body)
+        with self._upload_lock:
+            self._blobs[oid] = path
+        return _envelope(None)
+
+    def _commit(self, request: Request) -> Response:
+        repo = self._writable(request)
+        if isinstance(repo, Response):
+            return repo
+        assert request.match is not None
+        if request.match["rev"] != DEFAULT_BRANCH:
+            return _envelope(None, 404, f"branch {request.match['rev']} not found")
+        body = json.loads(request.body)
+        contents: dict[str, bytes] = {}
+        for action in body["actions"]:
+            if action["action"] not in ("create", "update"):
+                return _envelope(None, 400, f"unsupported action {action['action']}")
+            if action["type"] == "normal":
+                data = base64.b64decode(action["content"])
+            else:
+                stored = self._blobs.get(action["sha256"])
+                if stored is None:
+                    return _envelope(None, 400, f"blob of {action['path']} was never uploaded")
+                data = stored.read_bytes()
+            if len(data) != action["size"]:
+                return _envelope(None, 400, f"{action['path']}: size does not match")
+            contents[action["path"]] = data
+        with self._upload_lock:
+            for rel, data in contents.items():
+                dest = repo.root / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(data)
+            sha = hashlib.sha1(f"{repo.sha}:{request.body!r}".encode()).hexdigest()
+            self.add_repo(repo.repo_id, repo.root, sha=sha)
+            self.commits.append(
+                PushedCommit(repo.repo_id, sha, body["commit_message"], sorted(contents))
+            )
+        return _envelope(None)
