@@ -545,3 +545,17 @@ def test_export_with_push_and_no_token_fails_before_any_work(
         export(plan, ws, ["lora"])
     assert not ws.exports.exists()
     assert hub.records == []
+
+
+def test_a_manifest_from_before_modelscope_pushes_still_reads(exports) -> None:
+    root, manifest = exports
+    data = json.loads((root / "manifest.json").read_text())
+    data["pushes"] = [{
+        "target": f"hf:{REPO}", "commit_url": f"https://huggingface.co/{REPO}/commit/abc",
+        "commit_sha": "abc", "formats": ["lora"], "files": ["lora/adapter_config.json"],
+    }]  # fmt: skip
+    (root / "manifest.json").write_text(json.dumps(data))
+    again = read_manifest(root, manifest.base_model, manifest.adapter_sha256)
+    assert set(again.artefacts) == set(manifest.artefacts)  # nothing to rebuild
+    (record,) = again.pushes
+    assert (record.hub, record.url) == ("hf", f"https://huggingface.co/{REPO}/commit/abc")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, model_validator
 
 from bootstrap.workspace import sha256_file, write_json_atomic
 
@@ -40,6 +40,17 @@ class PushRecord(BaseModel):
     commit_sha: str | None  # None on ModelScope, whose client reports no commit id
     formats: list[str]
     files: list[str]  # paths in the repository, the same as in the exports directory
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_hf_only_manifests(cls, data: Any) -> Any:
+        # Manifests written before ModelScope pushes existed hold commit_url and no hub; read
+        # them rather than rebuilding every artefact of a finished export.
+        if isinstance(data, dict) and "commit_url" in data and "url" not in data:
+            data = {**data, "url": data["commit_url"]}
+            data.pop("commit_url")
+            data.setdefault("hub", str(data.get("target", "")).partition(":")[0])
+        return data
 
 
 class ExportManifest(BaseModel):
