@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bootstrap.train.grpo import last_checkpoint
 from bootstrap.train.metrics import read_metrics
 from bootstrap.workspace import Workspace
 from tests.test_train import MODEL_ID, make_workspace
@@ -32,17 +35,22 @@ SETTINGS = [
 TRAIN_ARGS = ["--profile", "cpu-smoke", "--offline", "--gpus", "2"]
 
 
-def grpo_train(
-    ws: Workspace, *extra: str
-) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    """`grpo-bootstrap --json --workspace WS train ...` as a user runs it, in a subprocess."""
+def grpo_command(ws: Workspace, *settings: str) -> tuple[list[str], dict[str, str]]:
+    """`grpo-bootstrap --json --workspace WS --set ... train ...` as a user runs it, and its env."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRPO_BOOTSTRAP_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "bootstrap", "--json", "--workspace", str(ws.root),
+               *SETTINGS, *settings, "train", *TRAIN_ARGS]  # fmt: skip
+    return command, env
+
+
+def grpo_train(
+    ws: Workspace, *settings: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    command, env = grpo_command(ws, *settings)
     done = subprocess.run(
-        [sys.executable, "-m", "bootstrap", "--json", "--workspace", str(ws.root), *SETTINGS,
-         *extra, "train", *TRAIN_ARGS],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     document = json.loads(done.stdout) if done.stdout.strip() else {}
     return done, document
 
@@ -134,3 +142,45 @@ def test_a_second_launch_resumes_and_continues_the_step_count(
     final = ws.checkpoints / "checkpoint-3"
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         assert (ws.lora / name).read_bytes() == (final / name).read_bytes()
+
+
+def test_sigterm_stops_both_ranks_at_one_step_saves_and_the_run_resumes(
+    tmp_path: Path, tiny_qwen2_dir: Path
+) -> None:
+    ws = make_workspace(tmp_path / "ws", tiny_qwen2_dir)
+    # A long run without periodic checkpoints: only the signal can make one.
+    command, env = grpo_command(ws, "--set", "max_steps=200", "--set", "save_steps=200")
+    proc = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not read_metrics(ws.metrics):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no training step within 120 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # to the parent only, as `docker stop` or tini sends it
+        stdout, stderr = proc.communicate(timeout=180)  # a rank stuck alone would hang here
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-4000:]
+    doc = json.loads(stdout)
+    checkpoint = last_checkpoint(ws.checkpoints)
+    assert checkpoint is not None, stderr[-4000:]
+    step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+    assert checkpoint.name == f"checkpoint-{step}" and step < 200
+    assert doc["exit_code"] == 130 and f"checkpoint saved at step {step}" in doc["error"]
+    # both ranks stopped, at the same step, each saying so
+    for rank in (0, 1):
+        outcome = json.loads((ws.root / "launch" / f"outcome-{rank}.json").read_text())
+        assert outcome["exit_code"] == 130 and f"step {step}" in outcome["error"], outcome
+    assert [line["step"] for line in read_metrics(ws.metrics)] == list(range(1, step + 1))
+    assert not ws.lora.exists()
+
+    resumed, resumed_doc = grpo_train(
+        ws, "--set", f"max_steps={step + 1}", "--set", "save_steps=200"
+    )
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert resumed_doc["resumed_from"] == str(checkpoint) and resumed_doc["steps"] == step + 1
+    assert [line["step"] for line in read_metrics(ws.metrics)] == list(range(1, step + 2))
