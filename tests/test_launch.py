@@ -390,3 +390,88 @@ def test_accelerate_config_is_pure(tmp_path: Path) -> None:
     launch, settings = _launch(tmp_path, 2, gpus=2)
     assert accelerate_config(launch, settings) == accelerate_config(launch, settings)
     assert not (tmp_path / "launch").exists()
+
+
+# --- the SkyPilot task ----------------------------------------------------------------------------
+
+
+def _skypilot_docker_calls(
+    tmp_path: Path, node_rank: int
+) -> tuple[dict[str, Any], list[list[str]]]:
+    """Run the task's `run` script as SkyPilot would on node `node_rank` of 2, with a stand-in
+    `docker` that records its arguments; returns the task and each docker call's argv."""
+    import subprocess
+
+    task = yaml.safe_load((REPO_ROOT / "scripts" / "skypilot.yaml").read_text())
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "docker.calls"
+    docker = bin_dir / "docker"
+    docker.write_text(f'#!/bin/sh\nprintf "%s\\0" "$@" >> {calls}\nprintf "\\n" >> {calls}\n')
+    docker.chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        **{k: str(v) for k, v in task["envs"].items()},
+        "SKYPILOT_NODE_RANK": str(node_rank),
+        "SKYPILOT_NODE_IPS": "10.0.0.7\n10.0.0.8",
+        "SKYPILOT_NUM_NODES": "2",
+        "SKYPILOT_NUM_GPUS_PER_NODE": "8",
+    }
+    done = subprocess.run(
+        ["bash", "-c", task["run"]], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in calls.read_text().split("\n") if line]
+    return task, [line.split("\0")[:-1] for line in lines]
+
+
+def test_the_skypilot_task_matches_skypilots_schema_in_outline() -> None:
+    task = yaml.safe_load((REPO_ROOT / "scripts" / "skypilot.yaml").read_text())
+    assert set(task) <= {
+        "name",
+        "num_nodes",
+        "resources",
+        "envs",
+        "secrets",
+        "setup",
+        "run",
+        "file_mounts",
+        "workdir",
+    }
+    assert task["num_nodes"] >= 2 and ":" in task["resources"]["accelerators"]
+    for var in ("SKYPILOT_NODE_RANK", "SKYPILOT_NODE_IPS", "SKYPILOT_NUM_NODES"):
+        assert var in task["run"]
+
+
+@pytest.mark.parametrize("node_rank", [0, 1])
+def test_the_skypilot_task_passes_flags_our_cli_accepts(tmp_path: Path, node_rank: int) -> None:
+    task, calls = _skypilot_docker_calls(tmp_path, node_rank)
+    image = task["envs"]["IMAGE"]
+    commands = [call[call.index(image) + 1 :] for call in calls]
+    assert [c[0] for c in commands] == (
+        ["fetch", "train", "run"] if node_rank == 0 else ["fetch", "train"]
+    )
+    for call in calls:  # what the ranks on different nodes need to reach each other
+        assert {"--network", "host", "--ipc", "--gpus", "all"} <= set(call)
+    for command in commands[1:]:
+        result = CliRunner().invoke(
+            main, ["--json", "--workspace", str(tmp_path / "ws"), "plan", "--offline", *command[1:]]
+        )
+        assert result.exit_code == 0, result.output
+        train = json.loads(result.stdout)["config"]["train"]
+        assert (train["gpus"], train["num_machines"], train["machine_rank"]) == (
+            "auto",
+            2,
+            node_rank,
+        )
+        assert (train["main_process_ip"], train["main_process_port"]) == ("10.0.0.7", 29500)
+
+
+def test_the_documented_multi_machine_config_is_what_the_code_writes(tmp_path: Path) -> None:
+    example = REPO_ROOT / "scripts" / "accelerate-multinode.example.yaml"
+    launch, settings = _launch(
+        tmp_path, 8, gpus="auto", num_machines=2, machine_rank=1, main_process_ip="10.0.0.7"
+    )
+    settings = settings.model_copy(update={"gradient_accumulation_steps": 1})
+    assert yaml.safe_load(example.read_text()) == accelerate_config(launch, settings)
+    _read_back(example)  # and accelerate reads it

@@ -513,6 +513,10 @@ def run_distributed(
                 )
             )
             overrides = server_overrides(port)
+        if launch.num_machines > 1:
+            # Each machine keeps whole checkpoints in its own workspace (no shared filesystem
+            # needed): every machine can then resume, and rank 0's machine writes lora/.
+            overrides["save_on_each_node"] = True
         job = Job(
             plan=plan.model_dump(mode="json"),
             resume=resume,
