@@ -40,8 +40,9 @@ NVLINK_MULTICAST_OFF = {
     "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
     "NVSHMEM_DISABLE_NVLS": "1",
 }
-# torch's elastic agent (behind `accelerate launch`) forwards SIGTERM to every rank, then kills
-# them after this many seconds: long enough for the step in flight plus a checkpoint save.
+# How long the ranks of a launch may take to finish the step in flight and save after a stop
+# request, before the launcher is signalled; also torch's elastic agent's grace period (behind
+# `accelerate launch`) between passing SIGTERM on and killing, where torch reads it (>= 2.12).
 TORCH_ELASTIC_SHUTDOWN_TIMEOUT = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
 RANK_SHUTDOWN_GRACE_S = 900
 

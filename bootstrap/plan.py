@@ -18,7 +18,7 @@ from bootstrap.detect.gpu import GPUReport
 from bootstrap.errors import ConfigError, EnvironmentUnfit
 from bootstrap.hub.select import sources_for
 from bootstrap.hub.sources import Source
-from bootstrap.train.launch import Launch, resolve_launch
+from bootstrap.train.launch import Launch, fit_strategy, resolve_launch
 from bootstrap.train.profiles import Profile, ProfileChoice, choose_profile
 
 # The unsloth backend loads vLLM for generation only on GPUs it supports (Volta and newer).
@@ -191,6 +191,8 @@ def build_plan(
         else None
     )
     backend = choose_backend(config, detection.gpus, choice.profile if choice else None, launch)
+    if training is not None and launch is not None:
+        training = fit_strategy(training, launch, warnings)
     if training is not None and not detection.gpus.gpus and "8bit" in training.optim:
         # bitsandbytes' 8-bit optimisers are CUDA kernels; say so here rather than at step 1.
         warnings.append(f"optim {training.optim} needs CUDA: adamw_torch is used on this machine")

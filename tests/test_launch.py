@@ -475,3 +475,17 @@ def test_the_documented_multi_machine_config_is_what_the_code_writes(tmp_path: P
     settings = settings.model_copy(update={"gradient_accumulation_steps": 1})
     assert yaml.safe_load(example.read_text()) == accelerate_config(launch, settings)
     _read_back(example)  # and accelerate reads it
+
+
+def test_zero_gets_an_optimiser_deepspeed_accepts_and_zero3_refuses_4bit(
+    tmp_path: Path, fake_module
+) -> None:
+    fake_module("deepspeed")
+    plan = plan_for(tmp_path, 2, gpus=2, distributed="zero2", load_in_4bit=True)
+    assert plan.training is not None and plan.training.optim == "adamw_torch"
+    assert any("DeepSpeed ZeRO accepts" in w for w in plan.warnings)
+    assert plan_for(tmp_path, 2, gpus=2).training.optim == "paged_adamw_8bit"  # DDP keeps it
+    with pytest.raises(ConfigError, match="cannot shard a 4-bit"):
+        plan_for(tmp_path, 2, gpus=2, distributed="zero3", load_in_4bit=True)
+    plan = plan_for(tmp_path, 2, gpus=2, distributed="zero3", load_in_4bit=False)
+    assert plan.training is not None and plan.launch.strategy == "zero3"

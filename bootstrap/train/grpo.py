@@ -230,16 +230,23 @@ class StopRequest:
 
     The first signal asks for a checkpoint and a clean stop.  A second SIGINT (Ctrl-C twice)
     raises KeyboardInterrupt at once, for a user who does not want to wait for the step.
+
+    The ranks of a multi-process launch also watch `stop_file`: the launching process writes
+    the signal's name there rather than signalling them, so that no launcher's kill timer runs
+    while they finish the step and save.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stop_file: Path | None = None) -> None:
         self.signal_name: str | None = None
+        self.stop_file = stop_file
 
     def __bool__(self) -> bool:
         return self.signal_name is not None
 
     def agreed(self) -> bool:
         """Whether this rank or any other was asked to stop; a collective (see `any_rank`)."""
+        if self.signal_name is None and self.stop_file is not None and self.stop_file.is_file():
+            self.signal_name = self.stop_file.read_text(encoding="utf-8").strip() or "stop"
         if any_rank(bool(self)) and self.signal_name is None:
             self.signal_name = "a stop signal (to another rank)"
         return bool(self)
@@ -334,14 +341,16 @@ def _run_trainer(
     resume: Path | None,
     show_progress: bool,
     overrides: dict[str, Any] | None = None,
+    stop_file: Path | None = None,
 ) -> tuple[Any, Any, int]:
     """Load, train (resuming from `resume`), stop on a signal. Returns (model, tokenizer, step).
 
-    `overrides` are GRPOConfig fields the launcher decides (vLLM server mode)."""
+    `overrides` are GRPOConfig fields the launcher decides (vLLM server mode); `stop_file` is
+    the launcher's stop request (see StopRequest)."""
     from bootstrap.train.backends import bitsandbytes_usable, cuda_available
     from bootstrap.train.rewards import REWARD_FUNCS
 
-    request = StopRequest()
+    request = StopRequest(stop_file)
     with request.installed():
         model, tokenizer, peft_config = backend.load()
         from transformers import PrinterCallback
@@ -489,6 +498,7 @@ def train_rank(
     resume: Path | None,
     show_progress: bool,
     overrides: dict[str, Any] | None = None,
+    stop_file: Path | None = None,
 ) -> tuple[int, Path | None, str]:
     """One rank of an `accelerate launch` (bootstrap.train.worker): train with every other
     rank; rank 0 then writes lora/ (from the final checkpoint, which the Trainer saved with
@@ -505,7 +515,7 @@ def train_rank(
         )  # fmt: skip
         with _training_errors(workspace):
             model, tokenizer, step = _run_trainer(
-                settings, workspace, backend, resume, show_progress and main, overrides
+                settings, workspace, backend, resume, show_progress and main, overrides, stop_file
             )
             if main:
                 _lora_from_checkpoint(workspace.checkpoints / f"checkpoint-{step}", workspace.lora)

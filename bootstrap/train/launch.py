@@ -11,10 +11,13 @@ workspace; only rank 0 writes metrics.jsonl, lora/ and samples.md.
   forward SIGTERM/SIGINT to the ranks, and turn the ranks' outcome files back into our result
   or our errors (exit codes 2, 3, 5, 130 survive the trip through torch's launcher).
 
-Signals: the launcher runs in its own session, so a terminal's Ctrl-C reaches only this process,
-which forwards one SIGTERM to torch's elastic agent; the agent passes it to every rank and
-waits RANK_SHUTDOWN_GRACE_S before killing them.  The ranks agree on the stop step (see
-grpo.stop_callback), save one checkpoint together and exit 130.
+Signals: the launcher runs in its own session, so a terminal's Ctrl-C reaches only this process.
+SIGTERM/SIGINT here write <workspace>/launch/stop, which every rank checks at each step end;
+the ranks agree on the stop step (grpo.StopRequest.agreed), save one checkpoint together and
+exit 130.  Signalling torch's elastic agent instead would start its kill timer (30 s before
+torch 2.12) while the ranks still finish the step and save; it is only the fallback when the
+ranks have not stopped RANK_SHUTDOWN_GRACE_S after the request (e.g. still waiting for the
+other machines).  A second SIGINT kills the ranks at once.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -61,6 +65,7 @@ LAUNCH_DIR = "launch"
 ACCELERATE_CONFIG = "accelerate.yaml"
 JOB_FILE = "job.json"
 LOG_FILE = "launch.log"
+STOP_FILE = "stop"
 _LOG_TAIL_LINES = 30
 
 
@@ -85,6 +90,11 @@ class Launch(BaseModel, frozen=True):
 
 def launch_dir(workspace: Path) -> Path:
     return Path(workspace) / LAUNCH_DIR
+
+
+def stop_path(workspace: Path) -> Path:
+    """The file whose presence asks every rank to checkpoint and stop (see the module doc)."""
+    return launch_dir(workspace) / STOP_FILE
 
 
 def _installed(module: str) -> bool:
@@ -236,6 +246,29 @@ def resolve_launch(
     )
 
 
+def fit_strategy(training: TrainConfig, launch: Launch, warnings: list[str]) -> TrainConfig:
+    """The recipe as DeepSpeed can run it (unchanged for DDP and one process).
+
+    ZeRO takes only optimisers it knows (torch's AdamW, not bitsandbytes' paged 8-bit one), so
+    the recipe's paged_adamw_8bit becomes adamw_torch with a warning.  ZeRO-3 shards weights
+    that 4-bit quantisation has already packed, which bitsandbytes' defaults do not allow: a
+    ConfigError with the two ways out.
+    """
+    if launch.strategy not in ("zero2", "zero3"):
+        return training
+    if launch.strategy == "zero3" and training.load_in_4bit:
+        raise ConfigError(
+            "distributed zero3 cannot shard a 4-bit (bitsandbytes) model",
+            hint="--set load_in_4bit=false (16-bit weights), or --distributed zero2 / ddp",
+        )
+    if "8bit" in training.optim:
+        warnings.append(
+            f"optim {training.optim} is not one DeepSpeed ZeRO accepts: adamw_torch is used"
+        )
+        training = training.model_copy(update={"optim": "adamw_torch"})
+    return training
+
+
 # --- the accelerate config ------------------------------------------------------------------
 
 _MIXED_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
@@ -348,9 +381,10 @@ class Job(BaseModel):
 def launch_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of the launcher and every rank.
 
-    NVLink multicast is forced off; torch's agent waits RANK_SHUTDOWN_GRACE_S for ranks that
-    are saving their stop checkpoint; and the ranks import the same `bootstrap` as this process
-    (a source checkout run with `python -m` would otherwise lose to an installed copy).
+    NVLink multicast is forced off; torch's agent, if it ever has to pass a SIGTERM on (the
+    fallback), waits RANK_SHUTDOWN_GRACE_S before killing (torch >= 2.12 reads the variable);
+    and the ranks import the same `bootstrap` as this process (a source checkout run with
+    `python -m` would otherwise lose to an installed copy).
     """
     env = dict(os.environ if environ is None else environ)
     env.update(C.NVLINK_MULTICAST_OFF)
@@ -362,39 +396,55 @@ def launch_environment(environ: Mapping[str, str] | None = None) -> dict[str, st
 
 
 class _Forwarder:
-    """SIGTERM/SIGINT to this process -> one SIGTERM to the launcher (which tells the ranks);
-    a second SIGINT kills the launcher's whole process group at once."""
+    """SIGTERM/SIGINT to this process -> the stop file for the ranks; a second SIGINT kills
+    the launcher's process group at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, stop_file: Path) -> None:
         self.signal_name: str | None = None
+        self.stop_file = stop_file
+        self.requested_at: float | None = None
         self._proc: subprocess.Popen[str] | None = None
-        self._forwarded = False
+        self._escalated = False
 
     def __bool__(self) -> bool:
         return self.signal_name is not None
 
     def attach(self, proc: subprocess.Popen[str]) -> None:
-        """From now on signals go to `proc`; one that came before is passed on at once."""
         self._proc = proc
-        if self.signal_name is not None:
-            self._forward()
-
-    def _forward(self) -> None:
-        if self._forwarded or self._proc is None or self._proc.poll() is not None:
-            return
-        self._forwarded = True
-        self._proc.send_signal(signal.SIGTERM)
 
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
-        if self.signal_name is not None and signum == signal.SIGINT and self._proc is not None:
-            log.warning("second SIGINT: killing the ranks without a checkpoint")
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
+        if self.signal_name is not None:
+            if signum == signal.SIGINT and self._proc is not None:
+                log.warning("second SIGINT: killing the ranks without a checkpoint")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._proc.pid, signal.SIGKILL)
             return
-        self.signal_name = self.signal_name or name
+        self.signal_name = name
+        self.requested_at = time.monotonic()
+        write_text_atomic(self.stop_file, name)
         log.warning("%s received: every rank saves a checkpoint after this step, then stops", name)
-        self._forward()
+
+    def escalate_if_overdue(self) -> None:
+        """The ranks had RANK_SHUTDOWN_GRACE_S to stop: now SIGTERM torch's agent, which passes
+        it on and kills what is left after its own timeout."""
+        overdue = self.requested_at is not None and (
+            time.monotonic() - self.requested_at > C.RANK_SHUTDOWN_GRACE_S
+        )
+        if overdue and not self._escalated and self._proc is not None:
+            self._escalated = True
+            log.warning("the ranks did not stop within %d s: signalling the launcher",
+                        C.RANK_SHUTDOWN_GRACE_S)  # fmt: skip
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signal.SIGTERM)
+
+    def wait(self, proc: subprocess.Popen[str]) -> int:
+        """Wait for the launcher, escalating a stop request the ranks did not honour."""
+        while True:
+            try:
+                return proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                self.escalate_if_overdue()
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[_Forwarder]:
@@ -491,15 +541,15 @@ def run_distributed(
     settings: TrainConfig = plan.require_training()
     folder = launch_dir(workspace.root)
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("outcome-*.json"):
-        old.unlink()
+    for old in (*folder.glob("outcome-*.json"), stop_path(workspace.root)):
+        old.unlink(missing_ok=True)
     write_accelerate_config(launch, settings, workspace.root)
     env = launch_environment()
     if launch.device == "cpu":
         # accelerate names each CPU rank's device "cpu:<rank>", which torch.load cannot map
         # storages to when the Trainer resumes the optimiser; plain "cpu" is the same device.
         env["ACCELERATE_TORCH_DEVICE"] = "cpu"
-    forwarder = _Forwarder()
+    forwarder = _Forwarder(stop_path(workspace.root))
     with forwarder.installed(), contextlib.ExitStack() as stack:
         overrides: dict[str, Any] = {}
         if launch.generation_device is not None:
@@ -528,6 +578,6 @@ def run_distributed(
                  launch.strategy_label, " ".join(launch.command))  # fmt: skip
         proc, pump, tail = _start(launch.command, env, folder / LOG_FILE)
         forwarder.attach(proc)
-        returncode = proc.wait()
+        returncode = forwarder.wait(proc)
         pump.join(timeout=10)
     return _conclude(workspace.root, launch, returncode, forwarder.signal_name, list(tail))

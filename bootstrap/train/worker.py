@@ -15,7 +15,7 @@ from pathlib import Path
 from bootstrap import constants as C
 from bootstrap.errors import BootstrapError
 from bootstrap.logs import setup_logging
-from bootstrap.train.launch import Job, RankOutcome, write_outcome
+from bootstrap.train.launch import Job, RankOutcome, stop_path, write_outcome
 
 log = logging.getLogger("bootstrap.train.worker")
 
@@ -37,6 +37,7 @@ def run(job_path: Path) -> int:
             resume=job.resume,
             show_progress=job.show_progress,
             overrides=job.overrides,
+            stop_file=stop_path(workspace.root),
         )
     except BootstrapError as exc:
         write_outcome(
