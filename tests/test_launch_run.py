@@ -184,3 +184,52 @@ def test_sigterm_stops_both_ranks_at_one_step_saves_and_the_run_resumes(
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert resumed_doc["resumed_from"] == str(checkpoint) and resumed_doc["steps"] == step + 1
     assert [line["step"] for line in read_metrics(ws.metrics)] == list(range(1, step + 2))
+
+
+@pytest.mark.parametrize(
+    ("damage", "settings", "exit_code", "fragment"),
+    [
+        ("weights", (), 5, "GRPO training failed"),
+        (None, ("--set", "max_prompt_length=16"), 2, "every training prompt is longer"),
+    ],
+)
+def test_a_rank_error_keeps_its_exit_code_through_the_launch(
+    tmp_path: Path,
+    tiny_qwen2_dir: Path,
+    damage: str | None,
+    settings: tuple[str, ...],
+    exit_code: int,
+    fragment: str,
+) -> None:
+    ws = make_workspace(tmp_path / "ws", tiny_qwen2_dir)
+    if damage == "weights":
+        weights = ws.model_dir(MODEL_ID) / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
+    done, doc = grpo_train(ws, "--set", "max_steps=2", *settings)
+    assert done.returncode == exit_code, done.stderr[-4000:]
+    assert doc["exit_code"] == exit_code and fragment in doc["error"]
+    assert "Traceback" not in doc["error"]
+    assert (ws.root / "launch" / "launch.log").is_file()  # the ranks' whole story is kept
+
+
+def test_run_demo_on_two_ranks_goes_through_every_stage(tmp_path: Path) -> None:
+    # `run` is the container's entrypoint: its train stage takes the same multi-process path.
+    from click.testing import CliRunner
+
+    from bootstrap.cli import main
+
+    ws = tmp_path / "ws"
+    result = CliRunner().invoke(
+        main, ["--json", "--workspace", str(ws), "run", "--demo", "--gpus", "2"]
+    )
+    assert result.exit_code == 0, result.stderr[-4000:]
+    summary = json.loads(result.stdout)
+    assert [(s["name"], s["status"]) for s in summary["stages"]] == [
+        ("fetch", "ran"), ("eval_base", "ran"), ("train", "ran"), ("eval", "ran"), ("export", "ran"),
+    ]  # fmt: skip
+    steps = [line["step"] for line in read_metrics(ws / "metrics.jsonl")]
+    assert steps == list(range(1, len(steps) + 1)) and steps
+    assert sorted(p.name for p in (ws / "launch").glob("outcome-*.json")) == [
+        "outcome-0.json",
+        "outcome-1.json",
+    ]
