@@ -11,6 +11,9 @@ runs it; figures read back from metrics.jsonl):
     python benchmarks/multi_gpu.py                         # random Qwen2.5-3B, 2 GPUs
     python benchmarks/multi_gpu.py --gpus 4 --global-batch 64 --steps 8
     python benchmarks/multi_gpu.py --tiny --cpu            # the flow on 2 CPU ranks (gloo)
+    python benchmarks/multi_gpu.py --work W --part one     # one part per call, same --work:
+    python benchmarks/multi_gpu.py --work W --part many    #   the table grows with each part
+    python benchmarks/multi_gpu.py --work W --part resume
 
 Both runs use the trl backend (several processes always do; Unsloth trains on one GPU), so the
 factor compares like with like.  Generation with HF generate is bound by memory bandwidth, not
@@ -148,6 +151,26 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def report(args: argparse.Namespace) -> bool:
+    """Print what the parts run so far (in --work) found; True when none failed."""
+    parts = {p.stem.removeprefix("part-"): json.loads(p.read_text())
+             for p in sorted(args.work.glob("part-*.json"))}  # fmt: skip
+    rows = [parts[k] for k in ("one", "many") if k in parts]
+    print("| GPUs | per-device batch | exit | first step (s) | steady s/step | tokens/s |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        print(f"| {row['gpus']} | {args.global_batch // row['gpus']} | {row['exit']} | "
+              f"{_fmt(row['first_step_s'])} | {_fmt(row['steady_s_per_step'])} "
+              f"(n={row['steady_steps']}) | {_fmt(row['completion_tokens_per_s'], '.0f')} |")  # fmt: skip
+    if len(rows) == 2 and rows[0]["steady_s_per_step"] and rows[1]["steady_s_per_step"]:
+        factor = rows[0]["steady_s_per_step"] / rows[1]["steady_s_per_step"]
+        print(f"scaling {rows[1]['gpus']} GPUs vs 1 at {args.global_batch} completions/step: "
+              f"{factor:.2f}x (target >= 1.7x for 2)")  # fmt: skip
+    if "resume" in parts:
+        print(f"resume after SIGTERM on {args.gpus} GPUs: {json.dumps(parts['resume'])}")
+    return all(r["exit"] == 0 for r in rows) and parts.get("resume", {"ok": True})["ok"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -161,8 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--completion-length", type=int, default=200)
     parser.add_argument("--steps", type=int, default=7, help="first step + steady ones")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds for each wait")
-    parser.add_argument("--work", type=Path, help="workspaces and logs (default: a temp dir)")
-    parser.add_argument("--skip-resume", action="store_true")
+    parser.add_argument("--work", type=Path, help="workspaces, logs, results (default: temp dir)")
+    parser.add_argument(
+        "--part", choices=("all", "one", "many", "resume"), default="all",
+        help="run one part (each fits a 10-minute slot); results accumulate in --work",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.global_batch % args.gpus:
         parser.error("--global-batch must divide by --gpus")
@@ -175,24 +201,14 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(
                 [*build, "--out", str(args.model), *(["--tiny"] if args.tiny else [])], check=True
             )
-    rows = [timed_run(args, 1), timed_run(args, args.gpus)]
-    print("| GPUs | per-device batch | exit | first step (s) | steady s/step | tokens/s |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for row in rows:
-        print(f"| {row['gpus']} | {args.global_batch // row['gpus']} | {row['exit']} | "
-              f"{_fmt(row['first_step_s'])} | {_fmt(row['steady_s_per_step'])} "
-              f"(n={row['steady_steps']}) | {_fmt(row['completion_tokens_per_s'], '.0f')} |")  # fmt: skip
-    one, many = rows[0]["steady_s_per_step"], rows[1]["steady_s_per_step"]
-    if one and many:
-        print(f"scaling {args.gpus} GPUs vs 1 at {args.global_batch} completions/step: "
-              f"{one / many:.2f}x (target >= 1.7x for 2)")  # fmt: skip
-    result: dict[str, Any] = {"scaling": rows}
-    if not args.skip_resume:
-        result["resume"] = resume_check(args)
-        print(f"resume after SIGTERM on {args.gpus} GPUs: {json.dumps(result['resume'])}")
-    (args.work / "multi_gpu.json").write_text(json.dumps(result, indent=2))
-    ok = all(r["exit"] == 0 for r in rows) and result.get("resume", {"ok": True})["ok"]
-    return 0 if ok else 1
+    parts = ("one", "many", "resume") if args.part == "all" else (args.part,)
+    for part in parts:
+        if part == "resume":
+            result = resume_check(args)
+        else:
+            result = timed_run(args, 1 if part == "one" else args.gpus)
+        (args.work / f"part-{part}.json").write_text(json.dumps(result, indent=2))
+    return 0 if report(args) else 1
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def plan(result: Plan) -> None:
 def _launch_rows(summary: Table, result: Plan) -> None:
     launch, t = result.launch, result.training
     assert launch is not None and t is not None
-    where = ", ".join(launch.training_devices) or launch.device
+    where = f"GPU {', '.join(launch.training_devices)}" if launch.training_devices else "CPU"
     summary.add_row("processes", f"{launch.processes} ({launch.strategy_label}) on {where}: {launch.reason}")
     batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * launch.processes
     summary.add_row("generation batch", f"{t.per_device_train_batch_size} per device x "
