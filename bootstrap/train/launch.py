@@ -198,16 +198,16 @@ def resolve_launch(
     per_machine = count - 1 if serving else count
     processes = per_machine * train.num_machines
     strategy: Strategy = train.distributed if processes > 1 else "single"
-    if strategy != "ddp" and strategy != "single":
+    if strategy in ("zero2", "zero3"):
         if device == "cpu":
             raise ConfigError(
                 f"distributed {train.distributed} (DeepSpeed) needs CUDA GPUs",
-                hint="the CPU path runs DDP over gloo: --set distributed=ddp",
+                hint="the CPU path runs DDP over gloo: --distributed ddp",
             )
         if not _installed("deepspeed"):
             raise EnvironmentUnfit(
                 f"distributed {train.distributed} needs DeepSpeed, which is not installed",
-                hint="pip install deepspeed, or --set distributed=ddp",
+                hint="pip install deepspeed, or --distributed ddp",
             )
     where = f"{per_machine} process(es) x {train.num_machines} machine(s)"
     if processes == 1:
@@ -390,9 +390,16 @@ def launch_environment(environ: Mapping[str, str] | None = None) -> dict[str, st
     env.update(C.NVLINK_MULTICAST_OFF)
     env.setdefault(C.TORCH_ELASTIC_SHUTDOWN_TIMEOUT, str(C.RANK_SHUTDOWN_GRACE_S))
     package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    if package_root not in _site_dirs():  # an installed copy is found anyway; a checkout not
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def _site_dirs() -> set[str]:
+    import site
+
+    return {str(Path(d).resolve()) for d in (*site.getsitepackages(), site.getusersitepackages())}
 
 
 class _Forwarder:
