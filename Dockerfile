@@ -101,7 +101,8 @@ COPY --from=builder /opt/venv /opt/venv
 COPY --chmod=0755 scripts/entrypoint.sh /usr/local/bin/grpo-entrypoint
 # Everything that must survive the container lives under the /workspace volume: the job's
 # workspace (models, data, checkpoints, state.json, exports), the hub caches and the compile
-# caches, so that a second launch starts warm.
+# caches, so that a second launch starts warm.  NVLink multicast stays off for every NCCL user
+# (`train --gpus N` sets the same): on shared hosts it can take the host's GPUs out of service.
 ENV PATH=/opt/venv/bin:$PATH \
     GRPO_BOOTSTRAP_WORKSPACE=/workspace/job \
     HF_HOME=/workspace/cache/huggingface \
@@ -112,7 +113,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     VLLM_CACHE_ROOT=/workspace/cache/vllm \
     UNSLOTH_COMPILE_LOCATION=/workspace/cache/unsloth_compiled_cache \
     CUDA_CACHE_PATH=/workspace/cache/nv-compute \
-    FLASHINFER_WORKSPACE_BASE=/workspace/cache/flashinfer
+    FLASHINFER_WORKSPACE_BASE=/workspace/cache/flashinfer \
+    NCCL_NVLS_ENABLE=0 \
+    TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
+    NVSHMEM_DISABLE_NVLS=1
 USER ${APP_UID}
 WORKDIR /workspace
 VOLUME ["/workspace"]

@@ -114,6 +114,34 @@ def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+_LAUNCH_FIELDS = ("gpus", "distributed", "vllm_server", "num_machines", "machine_rank",
+                  "main_process_ip", "main_process_port")
+
+
+def launch_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Where training runs (GPUs, strategy, machines); for the commands that plan a training."""
+    options = [
+        _opt("gpus", metavar="N|auto", help="GPUs to train on (auto: every visible one)."),
+        _opt("distributed", type=click.Choice(["ddp", "zero2", "zero3"]),
+             help="With several GPUs: DDP, or DeepSpeed ZeRO stage 2 / 3."),
+        _opt("vllm_server", "--vllm-server/--no-vllm-server",
+             help="TRL's vLLM server on the first GPU; the others train."),
+        _opt("num_machines", type=click.IntRange(min=1), help="Machines in the job."),
+        _opt("machine_rank", type=click.IntRange(min=0), help="This machine's rank (0 = main)."),
+        _opt("main_process_ip", help="Address of machine 0 (multi-machine jobs)."),
+        _opt("main_process_port", type=click.IntRange(1, 65535), help="Rendezvous port on machine 0."),
+    ]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, job_flags: dict[str, Any], **kwargs: Any) -> Any:
+        launch = {name: kwargs.pop(name) for name in _LAUNCH_FIELDS}
+        return command(*args, job_flags={**job_flags, **launch}, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--workspace", type=click.Path(file_okay=False, path_type=Path), default=None,
               help=f"Where models, data, checkpoints and exports go. [env: {env_var('workspace')}]")
@@ -166,6 +194,7 @@ def detect(app: App, job_flags: dict[str, Any]) -> None:
 
 @main.command()
 @job_options
+@launch_options
 @click.pass_obj
 def plan(app: App, job_flags: dict[str, Any]) -> None:
     """The resolved plan: mirrors, backend, profile, settings. No downloads, no training."""
@@ -188,6 +217,7 @@ def fetch(app: App, job_flags: dict[str, Any]) -> None:
 
 @main.command()
 @job_options
+@launch_options
 @click.pass_obj
 def train(app: App, job_flags: dict[str, Any]) -> None:
     """GRPO on the fetched model; resumes from the last checkpoint in the workspace."""
@@ -202,6 +232,7 @@ def train(app: App, job_flags: dict[str, Any]) -> None:
 
 @main.command()
 @job_options
+@launch_options
 @click.option("--demo", is_flag=True, help="Every stage on a CPU with no network: a tiny model and "
               "a GSM8K-shaped set built here, served to fetch by a local hub.")
 @click.option("--skip-base-eval", "skip_base_eval", is_flag=True, default=None,

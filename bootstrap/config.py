@@ -27,6 +27,7 @@ RegionRequest = Literal["auto", "cn", "global"]
 BUILTIN_MIRRORS = ("huggingface", "hf-mirror", "modelscope")
 BackendRequest = Literal["auto", "unsloth", "trl"]
 Toggle = Literal["auto", "on", "off"]
+Distributed = Literal["ddp", "zero2", "zero3"]
 ExportFormat = Literal[
     "lora",
     "merged16",
@@ -107,6 +108,27 @@ class TrainConfig(_Section):
     sample_temperature: float = Field(0.8, ge=0)
     sample_top_p: float = Field(0.95, gt=0, le=1)
     sample_max_tokens: int = Field(1024, ge=1)
+    # Several GPUs / machines (bootstrap/train/launch.py): these say where the job runs, not
+    # what a step computes, except that more processes mean a larger global batch.
+    gpus: int | Literal["auto"] = Field(
+        1, description="GPUs per machine (training processes); auto = every visible GPU"
+    )
+    distributed: Distributed = Field("ddp", description="ddp, or DeepSpeed ZeRO stage 2 / 3")
+    vllm_server: bool = Field(False, description="TRL's vLLM server on one GPU, training on the rest")
+    num_machines: int = Field(1, ge=1)
+    machine_rank: int = Field(0, ge=0)
+    main_process_ip: str | None = Field(None, description="rank 0's address; needed with num_machines > 1")
+    main_process_port: int = Field(29500, ge=1, le=65535)
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpu_count(cls, value: Any) -> Any:
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if not text.isdigit() or int(text) < 1:  # one message rather than one per union member
+            raise ValueError("expected a positive number of GPUs or auto")
+        return int(text)
 
 
 class EvalConfig(_Section):
@@ -171,6 +193,15 @@ class JobConfig(_Section):
         allowed = ("auto", *BUILTIN_MIRRORS, *(e.partition("=")[0] for e in self.extra_mirrors))
         if self.mirror not in allowed:
             raise ValueError(f"mirror {self.mirror!r} is not one of {', '.join(allowed)}")
+        return self
+
+    @model_validator(mode="after")
+    def _machines(self) -> JobConfig:
+        t = self.train
+        if t.machine_rank >= t.num_machines:
+            raise ValueError(f"machine_rank {t.machine_rank} must be below num_machines {t.num_machines}")
+        if t.num_machines > 1 and not t.main_process_ip:
+            raise ValueError("num_machines > 1 needs main_process_ip (the address of machine 0)")
         return self
 
 

@@ -32,6 +32,20 @@ DEFAULT_WORKSPACE = "./workspace"
 
 _TRUE = {"1", "true", "yes", "on"}
 
+# Set for every distributed launch (and in the image): NVLink multicast (NVLS) off.  On shared
+# hosts a multicast object that is not torn down cleanly can take the host's GPUs out of
+# service; DDP and ZeRO gain little from it at this model size.
+NVLINK_MULTICAST_OFF = {
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+}
+# How long the ranks of a launch may take to finish the step in flight and save after a stop
+# request, before the launcher is signalled; also torch's elastic agent's grace period (behind
+# `accelerate launch`) between passing SIGTERM on and killing, where torch reads it (>= 2.12).
+TORCH_ELASTIC_SHUTDOWN_TIMEOUT = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
+RANK_SHUTDOWN_GRACE_S = 900
+
 
 def _env(environ: Mapping[str, str] | None) -> Mapping[str, str]:
     return os.environ if environ is None else environ
@@ -87,6 +101,19 @@ def timezone_name(environ: Mapping[str, str] | None = None) -> str | None:
 def locale_name(environ: Mapping[str, str] | None = None) -> str | None:
     env = _env(environ)
     return env.get("LC_ALL") or env.get("LC_MESSAGES") or env.get("LANG") or None
+
+
+def cuda_visible_devices(environ: Mapping[str, str] | None = None) -> list[str] | None:
+    """The entries of CUDA_VISIBLE_DEVICES (indices or UUIDs), or None when it is not set."""
+    value = _env(environ).get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def process_rank(environ: Mapping[str, str] | None = None) -> int:
+    """RANK as torch's launcher sets it for each process; 0 outside a distributed launch."""
+    return int(_env(environ).get("RANK", "0") or 0)
 
 
 def secrets(environ: Mapping[str, str] | None = None) -> list[str]:

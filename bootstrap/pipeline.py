@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 # changing them continues the same run (train resumes from its checkpoint) instead of archiving it.
 _CONTINUABLE = frozenset(
     {"max_steps", "save_steps", "logging_steps", "sample_question", "sample_temperature",
-     "sample_top_p", "sample_max_tokens"}
+     "sample_top_p", "sample_max_tokens",
+     # where machine 0 is: a re-provisioned cluster gets new addresses, the run continues
+     "machine_rank", "main_process_ip", "main_process_port"}
 )  # fmt: skip
 
 

@@ -15,9 +15,10 @@ from bootstrap import __version__
 from bootstrap.config import JobConfig, TrainConfig
 from bootstrap.detect import Detection
 from bootstrap.detect.gpu import GPUReport
-from bootstrap.errors import EnvironmentUnfit
+from bootstrap.errors import ConfigError, EnvironmentUnfit
 from bootstrap.hub.select import sources_for
 from bootstrap.hub.sources import Source
+from bootstrap.train.launch import Launch, fit_strategy, resolve_launch
 from bootstrap.train.profiles import Profile, ProfileChoice, choose_profile
 
 # The unsloth backend loads vLLM for generation only on GPUs it supports (Volta and newer).
@@ -40,6 +41,7 @@ class Plan(BaseModel, frozen=True):
     profile: ProfileChoice | None
     training: TrainConfig | None  # the recipe with every profile-dependent value filled in
     backend: BackendChoice
+    launch: Launch | None = None  # processes, strategy, GPUs; None when training can't run here
     export_formats: list[str]
     refusal: str | None  # why training cannot run here, and what to do instead
     warnings: list[str]
@@ -62,12 +64,32 @@ def _compute_capability(gpus: GPUReport) -> tuple[int, int] | None:
     return min(tuple(int(x) for x in cap.split(".")[:2]) for cap in caps)  # type: ignore[return-value]
 
 
-def choose_backend(config: JobConfig, gpus: GPUReport, profile: Profile | None) -> BackendChoice:
+def choose_backend(
+    config: JobConfig, gpus: GPUReport, profile: Profile | None, launch: Launch | None = None
+) -> BackendChoice:
     """unsloth on CUDA when it is installed, else trl; vLLM generation where it can run.
+    Several processes (or TRL's vLLM server) mean trl: Unsloth's open-source build trains on
+    one GPU; asking for unsloth there is a ConfigError.
 
     Only `find_spec` is used here: importing unsloth takes seconds and grabs the GPU, which
     `plan` must not do.  The train stage imports for real and reports if that fails.
     """
+    if launch is not None and launch.launcher == "accelerate":
+        why = f"{launch.processes} training process(es)" + (
+            " and TRL's vLLM server" if launch.generation_device is not None else ""
+        )
+        if config.backend == "unsloth":
+            raise ConfigError(
+                f"backend unsloth with {why}: Unsloth's open-source build trains on one GPU",
+                hint="use --backend trl (or auto), or --gpus 1",
+            )
+        server = launch.generation_device is not None
+        return BackendChoice(
+            name="trl",
+            generation="vllm" if server else "hf",
+            reason=f"{why} through accelerate: TRL + PEFT (Unsloth trains on one GPU)"
+            + ("; generation by TRL's vLLM server" if server else ""),
+        )
     on_gpu = bool(gpus.gpus) and (profile is None or profile.requires_gpu)
     if config.backend == "trl" or (config.backend == "auto" and not on_gpu):
         why = "requested" if config.backend == "trl" else "no CUDA GPU in use: plain TRL + PEFT"
@@ -95,24 +117,40 @@ def choose_backend(config: JobConfig, gpus: GPUReport, profile: Profile | None) 
     return BackendChoice(name="unsloth", generation="vllm", reason=f"{why}; vLLM fast generation")
 
 
-def resolve_training(train: TrainConfig, profile: Profile) -> TrainConfig:
+def resolve_training(train: TrainConfig, profile: Profile, processes: int = 1) -> TrainConfig:
     """Fill every None in the recipe from the profile and keep TRL's batch rule true.
 
     TRL needs the generation batch (per-device batch x accumulation x processes) to be a
-    multiple of num_generations; as in the recipe, the per-device batch is raised to fit.
+    multiple of num_generations.  A per-device batch from the profile is raised to fit, as in
+    the recipe; one the user set is theirs, so a misfit is a ConfigError naming what fits.
     """
     filled = {
         name: getattr(profile, name)
         for name, value in train
         if value is None and name in Profile.model_fields
     }
+    if filled.get("gpu_memory_utilization") == 0:
+        # A CPU profile's 0 vLLM share means "no vLLM", which the config spells None (its range
+        # excludes 0): the resolved plan must validate again when a rank reads it back.
+        filled["gpu_memory_utilization"] = None
     resolved = train.model_copy(update=filled)
     if resolved.lora_alpha is None:
         resolved = resolved.model_copy(update={"lora_alpha": resolved.lora_rank})
     gens = resolved.num_generations
     per_device = resolved.per_device_train_batch_size
-    if (per_device * resolved.gradient_accumulation_steps) % gens:
-        per_device = -(-per_device // gens) * gens
+    accumulation = resolved.gradient_accumulation_steps
+    if (per_device * accumulation * processes) % gens:
+        fits = [b for b in range(1, gens + 1) if (b * accumulation * processes) % gens == 0]
+        if train.per_device_train_batch_size is not None:
+            raise ConfigError(
+                f"the generation batch, per_device_train_batch_size {per_device} x "
+                f"{processes} process(es) x gradient_accumulation_steps {accumulation} = "
+                f"{per_device * accumulation * processes}, is not a multiple of num_generations "
+                f"{gens} (TRL needs whole groups of generations)",
+                hint=f"set per_device_train_batch_size to a multiple of {fits[0]}, or change "
+                "num_generations or the number of GPUs",
+            )
+        per_device = -(-per_device // fits[0]) * fits[0]
     completion = min(
         resolved.max_completion_length, resolved.max_seq_length - resolved.max_prompt_length
     )
@@ -141,8 +179,22 @@ def build_plan(
         )
     except EnvironmentUnfit as exc:
         choice, refusal = None, str(exc)
-    training = resolve_training(config.train, choice.profile) if choice else None
-    backend = choose_backend(config, detection.gpus, choice.profile if choice else None)
+    launch: Launch | None = None
+    if choice is not None:
+        try:
+            launch = resolve_launch(
+                config.train, detection.gpus, choice.profile.name, config.workspace
+            )
+        except EnvironmentUnfit as exc:  # shown by `plan`; `train` exits 3 with it
+            refusal = str(exc)
+    training = (
+        resolve_training(config.train, choice.profile, launch.processes)
+        if choice and launch
+        else None
+    )
+    backend = choose_backend(config, detection.gpus, choice.profile if choice else None, launch)
+    if training is not None and launch is not None:
+        training = fit_strategy(training, launch, warnings)
     if training is not None and not detection.gpus.gpus and "8bit" in training.optim:
         # bitsandbytes' 8-bit optimisers are CUDA kernels; say so here rather than at step 1.
         warnings.append(f"optim {training.optim} needs CUDA: adamw_torch is used on this machine")
@@ -160,6 +212,7 @@ def build_plan(
         profile=choice,
         training=training,
         backend=backend,
+        launch=launch,
         export_formats=list(config.export.export_formats),
         refusal=refusal,
         warnings=warnings,

@@ -89,6 +89,8 @@ def plan(result: Plan) -> None:
         summary.add_row("precision", f"{t.dtype}, 4-bit {_yes(t.load_in_4bit)}, LoRA r={t.lora_rank} alpha={t.lora_alpha}")
         summary.add_row("generations", f"{t.num_generations} x {t.max_completion_length} tokens (prompt {t.max_prompt_length}, seq {t.max_seq_length})")
         summary.add_row("steps", f"{t.max_steps} (checkpoint every {t.save_steps}), lr {t.learning_rate:g}")
+        if result.launch:
+            _launch_rows(summary, result)
     else:
         summary.add_row("profile", f"[red]cannot train here[/]: {result.refusal}")
     summary.add_row("export", ", ".join(result.export_formats))
@@ -96,6 +98,20 @@ def plan(result: Plan) -> None:
     console.print(summary)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
+
+
+def _launch_rows(summary: Table, result: Plan) -> None:
+    launch, t = result.launch, result.training
+    assert launch is not None and t is not None
+    where = f"GPU {', '.join(launch.training_devices)}" if launch.training_devices else "CPU"
+    summary.add_row("processes", f"{launch.processes} ({launch.strategy_label}) on {where}: {launch.reason}")
+    batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * launch.processes
+    summary.add_row("generation batch", f"{t.per_device_train_batch_size} per device x "
+                    f"{t.gradient_accumulation_steps} accumulation x {launch.processes} = {batch} completions/step")
+    if launch.generation_device is not None:
+        summary.add_row("generation", f"TRL's vLLM server on GPU {launch.generation_device}")
+    if launch.command:
+        summary.add_row("launch", " ".join(launch.command))
 
 
 def manifest(result: Manifest) -> None:

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from bootstrap import constants as C
 from bootstrap.config import TrainConfig
 from bootstrap.errors import BootstrapError, ConfigError, Interrupted, TrainingFailed
 from bootstrap.plan import Plan
@@ -229,13 +230,26 @@ class StopRequest:
 
     The first signal asks for a checkpoint and a clean stop.  A second SIGINT (Ctrl-C twice)
     raises KeyboardInterrupt at once, for a user who does not want to wait for the step.
+
+    The ranks of a multi-process launch also watch `stop_file`: the launching process writes
+    the signal's name there rather than signalling them, so that no launcher's kill timer runs
+    while they finish the step and save.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stop_file: Path | None = None) -> None:
         self.signal_name: str | None = None
+        self.stop_file = stop_file
 
     def __bool__(self) -> bool:
         return self.signal_name is not None
+
+    def agreed(self) -> bool:
+        """Whether this rank or any other was asked to stop; a collective (see `any_rank`)."""
+        if self.signal_name is None and self.stop_file is not None and self.stop_file.is_file():
+            self.signal_name = self.stop_file.read_text(encoding="utf-8").strip() or "stop"
+        if any_rank(bool(self)) and self.signal_name is None:
+            self.signal_name = "a stop signal (to another rank)"
+        return bool(self)
 
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -265,13 +279,33 @@ class StopRequest:
                 signal.signal(sig, handler)
 
 
+def any_rank(flag: bool) -> bool:
+    """`flag` OR-ed over every rank (all_reduce MAX) when torch.distributed runs, else `flag`.
+
+    A collective: every rank must call it at the same point.  Ranks get a signal at slightly
+    different moments; if one stopped at step k and another went on to k+1, the checkpoint save
+    (itself collective) would wait forever.  Agreeing at each step end stops them all at k.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    on_gpu = dist.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def stop_callback(request: StopRequest) -> Any:
-    """A TrainerCallback that turns a StopRequest into 'save a checkpoint now, then stop'."""
+    """A TrainerCallback that turns a StopRequest into 'save a checkpoint now, then stop', on
+    every rank at the same step (see `any_rank`)."""
     from transformers import TrainerCallback
 
     class SignalCheckpoint(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-            if request:
+            if request.agreed():
                 control.should_save = True
                 control.should_training_stop = True
             return control
@@ -306,12 +340,17 @@ def _run_trainer(
     backend: Backend,
     resume: Path | None,
     show_progress: bool,
+    overrides: dict[str, Any] | None = None,
+    stop_file: Path | None = None,
 ) -> tuple[Any, Any, int]:
-    """Load, train (resuming from `resume`), stop on a signal. Returns (model, tokenizer, step)."""
+    """Load, train (resuming from `resume`), stop on a signal. Returns (model, tokenizer, step).
+
+    `overrides` are GRPOConfig fields the launcher decides (vLLM server mode); `stop_file` is
+    the launcher's stop request (see StopRequest)."""
     from bootstrap.train.backends import bitsandbytes_usable, cuda_available, limit_gpu_memory
     from bootstrap.train.rewards import REWARD_FUNCS
 
-    request = StopRequest()
+    request = StopRequest(stop_file)
     with request.installed():
         limit_gpu_memory(settings)
         model, tokenizer, peft_config = backend.load()
@@ -325,9 +364,12 @@ def _run_trainer(
                 output_dir=workspace.checkpoints,
                 cuda=cuda_available(),
                 bitsandbytes=bitsandbytes_usable(),
-                overrides=backend.config_overrides(),
+                overrides={**backend.config_overrides(), **(overrides or {})},
             ),
             dataloader_pin_memory=cuda_available(),
+            # Without CUDA, ranks of a multi-process launch need the Trainer to say "CPU" so
+            # that accelerate joins them over gloo; a single CPU process is unaffected.
+            use_cpu=not cuda_available(),
         )
         metrics = metrics_callback(
             workspace.metrics,
@@ -346,7 +388,7 @@ def _run_trainer(
         # With tqdm off the Trainer prints every log dict; metrics.jsonl and our bar replace it.
         trainer.remove_callback(PrinterCallback)
         model = trainer.model  # the PeftModel, whichever side attached the LoRA
-        if request:
+        if request.agreed():
             raise Interrupted(
                 f"{request.signal_name} received before training started; "
                 f"{_kept_message(workspace)}",
@@ -422,36 +464,91 @@ def train(plan: Plan, workspace: Workspace, *, show_progress: bool = True) -> Tr
     elif workspace.metrics.exists():
         prune_metrics(workspace.metrics, keep_through_step=0)
 
-    use_workspace_caches(workspace.cache)  # before make_backend imports unsloth
+    use_workspace_caches(workspace.cache)  # before unsloth is imported; ranks inherit them
+    if plan.launch is not None and plan.launch.launcher == "accelerate":
+        from bootstrap.train.launch import run_distributed
+
+        outcome = run_distributed(plan, workspace, resume=resume, show_progress=show_progress)
+        return result(
+            steps=outcome.step or 0, already_done=False, samples=outcome.samples,
+            backend_reason=outcome.backend_reason or plan.backend.reason,
+        )  # fmt: skip
+
     # Unsloth and some libraries print banners on stdout, which `--json` reserves for its document.
     with contextlib.redirect_stdout(sys.stderr):
         backend = make_backend(
             plan.backend, plan.config.backend, settings.vllm, settings, model_dir
         )
-        try:
+        with _training_errors(workspace):
             model, tokenizer, step = _run_trainer(
                 settings, workspace, backend, resume, show_progress
             )
             with _staging_dir(workspace.lora) as tmp:
                 backend.save_adapter(model, tokenizer, tmp)
-        except BootstrapError:
-            raise
-        except KeyboardInterrupt:
-            raise Interrupted(
-                f"interrupted before a checkpoint could be saved; {_kept_message(workspace)}",
-                hint="run `grpo-bootstrap train` again to resume",
-            ) from None
-        except Exception as exc:
-            raise TrainingFailed(
-                f"GRPO training failed: {type(exc).__name__}: {exc}; {_kept_message(workspace)}",
-                hint=_failure_hint(exc),
-            ) from exc
         log.info("LoRA adapter saved to %s", workspace.lora)
         samples = _samples(backend, model, tokenizer, settings, workspace, step)
     return result(
         steps=step, already_done=False, samples=samples,
         backend=backend.name, generation=backend.generation, backend_reason=backend.reason,
     )  # fmt: skip
+
+
+def train_rank(
+    plan: Plan,
+    workspace: Workspace,
+    *,
+    resume: Path | None,
+    show_progress: bool,
+    overrides: dict[str, Any] | None = None,
+    stop_file: Path | None = None,
+) -> tuple[int, Path | None, str]:
+    """One rank of an `accelerate launch` (bootstrap.train.worker): train with every other
+    rank; rank 0 then writes lora/ (from the final checkpoint, which the Trainer saved with
+    every rank's help, so ZeRO-3's sharded weights are whole there) and samples.md.
+
+    Returns (step reached, samples.md or None, backend reason).  Raises like `train`.
+    """
+    settings = plan.require_training()
+    main = C.process_rank() == 0
+    with contextlib.redirect_stdout(sys.stderr):
+        backend = make_backend(
+            plan.backend, plan.config.backend, settings.vllm, settings,
+            workspace.model_dir(plan.config.model),
+        )  # fmt: skip
+        with _training_errors(workspace):
+            model, tokenizer, step = _run_trainer(
+                settings, workspace, backend, resume, show_progress and main, overrides, stop_file
+            )
+            if main:
+                _lora_from_checkpoint(workspace.checkpoints / f"checkpoint-{step}", workspace.lora)
+        samples = None
+        if main and plan.launch is not None and plan.launch.strategy == "zero3":
+            log.warning("ZeRO-3 shards the weights over the ranks: samples.md is not written "
+                        "(`grpo-bootstrap eval` measures the trained LoRA)")  # fmt: skip
+        elif main:
+            log.info("LoRA adapter saved to %s", workspace.lora)
+            samples = _samples(backend, model, tokenizer, settings, workspace, step)
+    return step, samples, backend.reason
+
+
+@contextlib.contextmanager
+def _training_errors(workspace: Workspace) -> Iterator[None]:
+    """Anything but our own errors becomes TrainingFailed (exit 5) or Interrupted (130),
+    naming the checkpoint that is kept."""
+    try:
+        yield
+    except BootstrapError:
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted before a checkpoint could be saved; {_kept_message(workspace)}",
+            hint="run `grpo-bootstrap train` again to resume",
+        ) from None
+    except Exception as exc:
+        raise TrainingFailed(
+            f"GRPO training failed: {type(exc).__name__}: {exc}; {_kept_message(workspace)}",
+            hint=_failure_hint(exc),
+        ) from exc
 
 
 def _samples(backend: Backend, model: Any, tokenizer: Any, settings: TrainConfig,

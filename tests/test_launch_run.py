@@ -1,0 +1,235 @@
+"""A real multi-process GRPO run: `grpo-bootstrap train --gpus 2` on CPU, two ranks joined by
+gloo through `accelerate launch`, on the tiny random Qwen2 (the cpu-smoke path of issue 8).
+
+One module-scoped flow keeps it to two launches: 2 steps, then a resume to step 3.  What it
+proves: the ranks train together (TRL's generation batch spans both: 2 per device x 2 = 4
+completions per step), rank 0 alone writes metrics.jsonl (each step once), the final
+checkpoint and lora/, and a second launch resumes from the checkpoint and continues the count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bootstrap.train.grpo import last_checkpoint
+from bootstrap.train.metrics import read_metrics
+from bootstrap.workspace import Workspace
+from tests.test_train import MODEL_ID, make_workspace
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = [
+    "--set", f"model={MODEL_ID}", "--set", "max_completion_length=8",
+    "--set", "sample_max_tokens=4", "--set", "save_steps=2",
+]  # fmt: skip
+TRAIN_ARGS = ["--profile", "cpu-smoke", "--offline", "--gpus", "2"]
+
+
+def grpo_command(ws: Workspace, *settings: str) -> tuple[list[str], dict[str, str]]:
+    """`grpo-bootstrap --json --workspace WS --set ... train ...` as a user runs it, and its env."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRPO_BOOTSTRAP_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "bootstrap", "--json", "--workspace", str(ws.root),
+               *SETTINGS, *settings, "train", *TRAIN_ARGS]  # fmt: skip
+    return command, env
+
+
+def grpo_train(
+    ws: Workspace, *settings: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    command, env = grpo_command(ws, *settings)
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    document = json.loads(done.stdout) if done.stdout.strip() else {}
+    return done, document
+
+
+@pytest.fixture(scope="module")
+def two_rank_flow(tmp_path_factory: pytest.TempPathFactory, tiny_qwen2_dir: Path) -> dict[str, Any]:
+    ws = make_workspace(tmp_path_factory.mktemp("ranks"), tiny_qwen2_dir)
+    first, first_doc = grpo_train(ws, "--set", "max_steps=2")
+    after_first = {
+        "metrics": read_metrics(ws.metrics),
+        "checkpoints": sorted(p.name for p in ws.checkpoints.glob("checkpoint-*")),
+        "lora": (ws.lora / "adapter_model.safetensors").read_bytes()
+        if (ws.lora / "adapter_model.safetensors").is_file()
+        else None,
+    }
+    second, second_doc = grpo_train(ws, "--set", "max_steps=3")
+    return {
+        "ws": ws,
+        "first": first,
+        "first_doc": first_doc,
+        "after_first": after_first,
+        "second": second,
+        "second_doc": second_doc,
+    }
+
+
+def test_two_ranks_train_together_and_rank_0_writes_each_step_once(
+    two_rank_flow: dict[str, Any],
+) -> None:
+    first = two_rank_flow["first"]
+    assert first.returncode == 0, first.stderr[-4000:]
+    doc = two_rank_flow["first_doc"]
+    assert (doc["steps"], doc["max_steps"], doc["already_done"]) == (2, 2, False)
+    assert doc["backend"] == "trl" and "2 training process(es)" in doc["backend_reason"]
+    lines = two_rank_flow["after_first"]["metrics"]
+    assert [line["step"] for line in lines] == [1, 2]
+    for line in lines:
+        # tokens/s counts the completions of both ranks: 2 per device x 2 processes
+        assert line["completion_tokens_per_s"] == pytest.approx(
+            4 * line["completion_length"] / line["step_seconds"]
+        )
+    assert two_rank_flow["after_first"]["checkpoints"] == ["checkpoint-2"]
+    assert two_rank_flow["after_first"]["lora"] is not None
+    ws: Workspace = two_rank_flow["ws"]
+    state = json.loads((ws.checkpoints / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    # both ranks reported; rank 1 wrote no outputs of its own
+    outcomes = sorted(p.name for p in (ws.root / "launch").glob("outcome-*.json"))
+    assert outcomes == ["outcome-0.json", "outcome-1.json"]
+
+
+def test_the_launch_used_the_generated_accelerate_config(two_rank_flow: dict[str, Any]) -> None:
+    import yaml
+
+    ws: Workspace = two_rank_flow["ws"]
+    config = yaml.safe_load((ws.root / "launch" / "accelerate.yaml").read_text())
+    assert config["num_processes"] == 2 and config["use_cpu"] is True
+    assert config["distributed_type"] == "MULTI_CPU"
+    assert (
+        "accelerate.commands.launch" in two_rank_flow["first"].stderr
+        or (ws.root / "launch" / "launch.log").is_file()
+    )
+
+
+def test_the_lora_and_samples_come_from_rank_0(two_rank_flow: dict[str, Any]) -> None:
+    from safetensors.torch import load_file
+
+    ws: Workspace = two_rank_flow["ws"]
+    tensors = load_file(str(ws.lora / "adapter_model.safetensors"))
+    assert tensors and all("lora_A" in k or "lora_B" in k for k in tensors)
+    assert (ws.lora / "adapter_config.json").is_file() and (ws.lora / "tokenizer.json").is_file()
+    assert "after 3 GRPO steps" in ws.samples.read_text()
+
+
+def test_a_second_launch_resumes_and_continues_the_step_count(
+    two_rank_flow: dict[str, Any],
+) -> None:
+    second = two_rank_flow["second"]
+    assert second.returncode == 0, second.stderr[-4000:]
+    doc = two_rank_flow["second_doc"]
+    ws: Workspace = two_rank_flow["ws"]
+    assert doc["resumed_from"] == str(ws.checkpoints / "checkpoint-2")
+    assert (doc["steps"], doc["already_done"]) == (3, False)
+    assert [line["step"] for line in read_metrics(ws.metrics)] == [1, 2, 3]
+    state = json.loads((ws.checkpoints / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    assert [h["step"] for h in state["log_history"] if "reward" in h] == [1, 2, 3]
+    # lora/ is the adapter of the final checkpoint, which every rank helped to save
+    final = ws.checkpoints / "checkpoint-3"
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert (ws.lora / name).read_bytes() == (final / name).read_bytes()
+
+
+def test_sigterm_stops_both_ranks_at_one_step_saves_and_the_run_resumes(
+    tmp_path: Path, tiny_qwen2_dir: Path
+) -> None:
+    ws = make_workspace(tmp_path / "ws", tiny_qwen2_dir)
+    # A long run without periodic checkpoints: only the signal can make one.
+    command, env = grpo_command(ws, "--set", "max_steps=200", "--set", "save_steps=200")
+    proc = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not read_metrics(ws.metrics):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no training step within 120 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # to the parent only, as `docker stop` or tini sends it
+        stdout, stderr = proc.communicate(timeout=180)  # a rank stuck alone would hang here
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-4000:]
+    doc = json.loads(stdout)
+    checkpoint = last_checkpoint(ws.checkpoints)
+    assert checkpoint is not None, stderr[-4000:]
+    step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+    assert checkpoint.name == f"checkpoint-{step}" and step < 200
+    assert doc["exit_code"] == 130 and f"checkpoint saved at step {step}" in doc["error"]
+    # both ranks stopped, at the same step, each saying so
+    for rank in (0, 1):
+        outcome = json.loads((ws.root / "launch" / f"outcome-{rank}.json").read_text())
+        assert outcome["exit_code"] == 130 and f"step {step}" in outcome["error"], outcome
+    assert [line["step"] for line in read_metrics(ws.metrics)] == list(range(1, step + 1))
+    assert not ws.lora.exists()
+
+    resumed, resumed_doc = grpo_train(
+        ws, "--set", f"max_steps={step + 1}", "--set", "save_steps=200"
+    )
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert resumed_doc["resumed_from"] == str(checkpoint) and resumed_doc["steps"] == step + 1
+    assert [line["step"] for line in read_metrics(ws.metrics)] == list(range(1, step + 2))
+
+
+@pytest.mark.parametrize(
+    ("damage", "settings", "exit_code", "fragment"),
+    [
+        ("weights", (), 5, "GRPO training failed"),
+        (None, ("--set", "max_prompt_length=16"), 2, "every training prompt is longer"),
+    ],
+)
+def test_a_rank_error_keeps_its_exit_code_through_the_launch(
+    tmp_path: Path,
+    tiny_qwen2_dir: Path,
+    damage: str | None,
+    settings: tuple[str, ...],
+    exit_code: int,
+    fragment: str,
+) -> None:
+    ws = make_workspace(tmp_path / "ws", tiny_qwen2_dir)
+    if damage == "weights":
+        weights = ws.model_dir(MODEL_ID) / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
+    done, doc = grpo_train(ws, "--set", "max_steps=2", *settings)
+    assert done.returncode == exit_code, done.stderr[-4000:]
+    assert doc["exit_code"] == exit_code and fragment in doc["error"]
+    assert "Traceback" not in doc["error"]
+    assert (ws.root / "launch" / "launch.log").is_file()  # the ranks' whole story is kept
+
+
+def test_run_demo_on_two_ranks_goes_through_every_stage(tmp_path: Path) -> None:
+    # `run` is the container's entrypoint: its train stage takes the same multi-process path.
+    from click.testing import CliRunner
+
+    from bootstrap.cli import main
+
+    ws = tmp_path / "ws"
+    result = CliRunner().invoke(
+        main, ["--json", "--workspace", str(ws), "run", "--demo", "--gpus", "2"]
+    )
+    assert result.exit_code == 0, result.stderr[-4000:]
+    summary = json.loads(result.stdout)
+    assert [(s["name"], s["status"]) for s in summary["stages"]] == [
+        ("fetch", "ran"), ("eval_base", "ran"), ("train", "ran"), ("eval", "ran"), ("export", "ran"),
+    ]  # fmt: skip
+    steps = [line["step"] for line in read_metrics(ws / "metrics.jsonl")]
+    assert steps == list(range(1, len(steps) + 1)) and steps
+    assert sorted(p.name for p in (ws / "launch").glob("outcome-*.json")) == [
+        "outcome-0.json",
+        "outcome-1.json",
+    ]
