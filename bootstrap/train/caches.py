@@ -9,14 +9,16 @@ pre-emption compiles nothing again.
 
 A variable already set wins (the image sets them to /workspace/cache, which every job in the
 container shares); only unset ones are pointed into the workspace.  Unsloth reads its variable
-when it is imported, so this runs before any backend is imported.
+when it is imported, so this runs before any backend is imported; and importing Unsloth removes
+TORCHINDUCTOR_CACHE_DIR from the environment (unsloth_zoo's patch_torch_compile, 2026.10), which
+would send torch.compile's cache back to /tmp, so `restore_caches` puts it back afterwards.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -36,18 +38,33 @@ def use_workspace_caches(
 ) -> dict[str, str]:
     """Point every compile cache that is not configured yet at a directory under `root`.
 
-    Creates the directories and returns {variable: directory} for the variables it set; those
-    already set are left alone (and logged once at debug level).
+    Creates the directories.  Variables already set are left alone (logged at debug level).
+    Returns every cache variable's value now in effect, for `restore_caches`.
     """
     env = os.environ if environ is None else environ
-    chosen: dict[str, str] = {}
+    chosen: list[str] = []
     for variable, name in CACHE_DIRS.items():
         if env.get(variable):
             log.debug("%s already set to %s: left as is", variable, env[variable])
             continue
         directory = root / name
         directory.mkdir(parents=True, exist_ok=True)
-        env[variable] = chosen[variable] = str(directory)
+        env[variable] = str(directory)
+        chosen.append(variable)
     if chosen:
         log.info("compile caches in %s (%s)", root, ", ".join(sorted(chosen)))
-    return chosen
+    return {variable: env[variable] for variable in CACHE_DIRS}
+
+
+def restore_caches(
+    effective: Mapping[str, str], environ: MutableMapping[str, str] | None = None
+) -> list[str]:
+    """Set back the cache variables of `effective` that an import has removed or changed since;
+    returns their names."""
+    env = os.environ if environ is None else environ
+    changed = [name for name, value in effective.items() if env.get(name) != value]
+    for name in changed:
+        env[name] = effective[name]
+    if changed:
+        log.info("put back %s after a library import changed it", ", ".join(changed))
+    return changed

@@ -38,7 +38,7 @@ from bootstrap.config import TrainConfig
 from bootstrap.errors import BootstrapError, ConfigError, Interrupted, TrainingFailed
 from bootstrap.plan import Plan
 from bootstrap.train.backends import ADAPTER_FILES, TOKENIZER_FILES, Backend, make_backend
-from bootstrap.train.caches import use_workspace_caches
+from bootstrap.train.caches import restore_caches, use_workspace_caches
 from bootstrap.train.metrics import metrics_callback, prune_metrics
 from bootstrap.train.samples import write_samples
 from bootstrap.workspace import Workspace
@@ -464,7 +464,7 @@ def train(plan: Plan, workspace: Workspace, *, show_progress: bool = True) -> Tr
     elif workspace.metrics.exists():
         prune_metrics(workspace.metrics, keep_through_step=0)
 
-    use_workspace_caches(workspace.cache)  # before unsloth is imported; ranks inherit them
+    caches = use_workspace_caches(workspace.cache)  # before unsloth is imported; ranks inherit them
     if plan.launch is not None and plan.launch.launcher == "accelerate":
         from bootstrap.train.launch import run_distributed
 
@@ -479,6 +479,7 @@ def train(plan: Plan, workspace: Workspace, *, show_progress: bool = True) -> Tr
         backend = make_backend(
             plan.backend, plan.config.backend, settings.vllm, settings, model_dir
         )
+        restore_caches(caches)  # importing unsloth drops TORCHINDUCTOR_CACHE_DIR
         with _training_errors(workspace):
             model, tokenizer, step = _run_trainer(
                 settings, workspace, backend, resume, show_progress
