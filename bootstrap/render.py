@@ -89,6 +89,10 @@ def plan(result: Plan) -> None:
         summary.add_row("precision", f"{t.dtype}, 4-bit {_yes(t.load_in_4bit)}, LoRA r={t.lora_rank} alpha={t.lora_alpha}")
         summary.add_row("generations", f"{t.num_generations} x {t.max_completion_length} tokens (prompt {t.max_prompt_length}, seq {t.max_seq_length})")
         summary.add_row("steps", f"{t.max_steps} (checkpoint every {t.save_steps}), lr {t.learning_rate:g}")
+        if result.backend.generation == "vllm" or t.gpu_memory_limit_gib:
+            budget = f"{t.gpu_memory_limit_gib:g} GiB (gpu_memory_limit_gib)" if t.gpu_memory_limit_gib else "the whole GPU"
+            share = f"; vLLM takes {t.gpu_memory_utilization or 0.5:g} of it" if result.backend.generation == "vllm" else ""
+            summary.add_row("GPU memory", budget + share)
         if result.launch:
             _launch_rows(summary, result)
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -146,3 +147,21 @@ def test_train_without_gpu_refuses_with_exit_3(runner: CliRunner, tmp_path: Path
     assert result.exit_code == 3
     assert "--profile cpu-smoke" in result.stderr
     assert not any(tmp_path.iterdir())  # refused before touching the workspace
+
+
+def test_a_memory_cap_on_an_h100_plans_the_16gb_recipe(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.fakes.nvidia_smi import install_nvidia_smi
+
+    install_nvidia_smi(tmp_path / "bin", ["H100"])
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    args = ["--workspace", str(tmp_path / "ws"), "--set", "gpu_memory_limit_gib=15", "plan", "--offline"]
+    doc = run_json(runner, *args)
+    assert doc["detection"]["gpus"]["gpus"][0]["name"] == "NVIDIA H100 80GB HBM3"
+    assert doc["profile"]["profile"]["name"] == "gpu-16gb"
+    assert "capped at 15 GiB" in doc["profile"]["reason"]
+    assert doc["training"]["gpu_memory_limit_gib"] == 15
+    shown = runner.invoke(main, args, terminal_width=200)
+    assert shown.exit_code == 0, shown.stderr
+    assert "15 GiB (gpu_memory_limit_gib)" in shown.stdout
