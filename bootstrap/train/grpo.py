@@ -25,7 +25,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +40,7 @@ from bootstrap.train.backends import ADAPTER_FILES, TOKENIZER_FILES, Backend, ma
 from bootstrap.train.caches import restore_caches, use_workspace_caches
 from bootstrap.train.metrics import metrics_callback, prune_metrics
 from bootstrap.train.samples import write_samples
+from bootstrap.train.signals import stop_signals_to
 from bootstrap.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -265,18 +265,10 @@ class StopRequest:
         Outside the main thread Python cannot install handlers; the run then has no graceful
         stop (the log says so) but still checkpoints every save_steps.
         """
-        if threading.current_thread() is not threading.main_thread():
-            log.info("not in the main thread: SIGTERM/SIGINT will not trigger a checkpoint")
+        with stop_signals_to(self._handle) as installed:
+            if not installed:
+                log.info("not in the main thread: SIGTERM/SIGINT will not trigger a checkpoint")
             yield self
-            return
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-        for sig in previous:
-            signal.signal(sig, self._handle)
-        try:
-            yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
 
 def any_rank(flag: bool) -> bool:

@@ -50,6 +50,7 @@ from bootstrap.errors import (
     MirrorsFailed,
     TrainingFailed,
 )
+from bootstrap.train.signals import stop_signals_to
 from bootstrap.workspace import Workspace, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -455,17 +456,8 @@ class _Forwarder:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[_Forwarder]:
-        if threading.current_thread() is not threading.main_thread():
+        with stop_signals_to(self._handle):
             yield self
-            return
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-        for sig in previous:
-            signal.signal(sig, self._handle)
-        try:
-            yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
 
 def _pump(stream: Any, log_path: Path, tail: collections.deque[str]) -> None:
