@@ -20,8 +20,9 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -218,6 +219,22 @@ def _nothing() -> Iterator[None]:
     yield
 
 
+def sampler_without_flashinfer(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Choose vLLM's PyTorch sampler where FlashInfer is not installed; True if it did.
+
+    vLLM 0.24 imports FlashInfer unguarded when it builds its sampler unless
+    VLLM_USE_FLASHINFER_SAMPLER is 0 (FlashInfer is one of its requirements, but an install
+    without it otherwise fails at engine start: seen on the GPU machine).  Unsloth does the
+    same for its own engine.  A value the user set is kept.
+    """
+    env = os.environ if environ is None else environ
+    if importlib.util.find_spec("flashinfer") is not None or "VLLM_USE_FLASHINFER_SAMPLER" in env:
+        return False
+    env["VLLM_USE_FLASHINFER_SAMPLER"] = "0"
+    log.info("FlashInfer is not installed: vLLM samples with PyTorch")
+    return True
+
+
 class VLLMEngine:
     """vLLM offline generation (CUDA), the LoRA served through a LoRARequest."""
 
@@ -229,6 +246,7 @@ class VLLMEngine:
         from vllm import LLM, SamplingParams
         from vllm.lora.request import LoRARequest
 
+        sampler_without_flashinfer()
         training = plan.training
         lora_rank = _adapter_rank(adapter) if adapter is not None else None
         self.llm = LLM(

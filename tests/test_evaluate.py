@@ -254,3 +254,44 @@ def test_hf_engine_on_cuda_end_to_end(tmp_path: Path) -> None:
     report = evaluate(plan, ws, limit=3, show_progress=False)
     assert [(s.rows, s.engine) for s in report.results.values()] == [(3, "hf"), (3, "hf")]
     assert (ws.report / "report.md").is_file()
+
+
+@pytest.mark.gpu
+def test_vllm_engine_evaluates_base_and_lora_on_the_3b_architecture(tmp_path: Path) -> None:
+    # The GPU machine has no SmolLM2: Qwen2.5-3B's architecture with random weights, built on
+    # the GPU by its own process, and a random LoRA strong enough to change greedy answers.
+    pytest.importorskip("vllm")
+    import subprocess
+    import sys
+
+    from bootstrap.evaluate import VLLMEngine
+
+    model = tmp_path / "random-qwen2.5-3b"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "random_qwen.py"
+    subprocess.run([sys.executable, str(script), "--out", str(model), "--device", "cuda"], check=True)
+    plan, ws = make_lora_workspace(tmp_path / "ws", model, lora_alpha=64, eval_max_new_tokens=16)
+    put_test_split(ws, rows=4)
+    engine = VLLMEngine(ws.model_dir(SMOLLM2_ID), ws.lora, plan=plan, max_new_tokens=16)
+    report = run_eval(plan, ws, lambda: engine, show_progress=False)
+    assert [(s.rows, s.engine) for s in report.results.values()] == [(4, "vllm"), (4, "vllm")]
+    base, trained = (report.results[k].examples for k in ("base", "trained"))
+    assert any(b.completion != t.completion for b, t in zip(base, trained))  # the LoRA is applied
+    assert (ws.report / "report.md").is_file()
+
+
+def test_without_flashinfer_vllm_is_told_to_sample_with_pytorch(monkeypatch) -> None:
+    import importlib.util
+
+    from bootstrap.evaluate import sampler_without_flashinfer
+
+    env: dict[str, str] = {}
+    assert importlib.util.find_spec("flashinfer") is None  # as on this CPU machine
+    assert sampler_without_flashinfer(env) and env == {"VLLM_USE_FLASHINFER_SAMPLER": "0"}
+    chosen = {"VLLM_USE_FLASHINFER_SAMPLER": "1"}
+    assert not sampler_without_flashinfer(chosen) and chosen["VLLM_USE_FLASHINFER_SAMPLER"] == "1"
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "flashinfer" else real_find_spec(name, *a)
+    )
+    untouched: dict[str, str] = {}
+    assert not sampler_without_flashinfer(untouched) and untouched == {}
