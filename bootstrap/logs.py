@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -43,3 +45,21 @@ def setup_logging(verbosity: int) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
     logging.getLogger("bootstrap").setLevel(level)
+
+
+@contextlib.contextmanager
+def through_our_handlers(logger_name: str) -> Iterator[None]:
+    """Inside the block, records of a library logger that brings its own stderr handler (as
+    modelscope_hub's does) go to the root handlers instead: our levels (-q, -v) and the token
+    filter apply to them.  The library's own setup comes back afterwards."""
+    logger = logging.getLogger(logger_name)
+    handlers, propagate, level = logger.handlers[:], logger.propagate, logger.level
+    logger.handlers[:] = []
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
+    try:
+        yield
+    finally:
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+        logger.setLevel(level)

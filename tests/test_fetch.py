@@ -279,3 +279,19 @@ def test_fetch_command_json_and_exit_codes(tmp_path: Path, hubs: dict) -> None:
     assert result.exit_code == 4
     assert json.loads(result.stdout)["exit_code"] == 4
     assert "huggingface (http://127.0.0.1:" in result.stderr and "after 2 attempt(s)" in result.stderr
+
+
+def test_the_modelscope_clients_logs_go_through_our_handlers(
+    tmp_path: Path, hubs: dict, caplog: pytest.LogCaptureFixture, root_records: list
+) -> None:
+    # modelscope_hub's logger brings its own stderr handler; during fetch its records must take
+    # the root handlers instead, where the CLI's token filter and -q/-v levels sit.
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    plan, ws = make_plan(tmp_path, urls_of(hubs, "modelscope"), region="cn")
+    library = logging.getLogger("modelscope_hub")
+    before = (library.handlers[:], library.propagate, library.level)
+    fetch(plan, ws, policy=FAST, progress=False)
+    assert any(r.name.startswith("modelscope_hub") for r in root_records)
+    assert (library.handlers, library.propagate, library.level) == before  # its setup is back

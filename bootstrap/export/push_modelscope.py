@@ -39,30 +39,15 @@ import contextlib
 import glob
 import io
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+
+from bootstrap.hub.clients import MODELSCOPE_LOGGER
+from bootstrap.logs import through_our_handlers
 
 __all__ = ["push_modelscope"]
 
 log = logging.getLogger(__name__)
-
-LIBRARY_LOGGER = "modelscope_hub"
-
-
-@contextlib.contextmanager
-def _library_logs_through_ours() -> Iterator[None]:
-    """modelscope_hub's records reach the root handlers (levels, redaction), not its own."""
-    logger = logging.getLogger(LIBRARY_LOGGER)
-    handlers, propagate, level = logger.handlers[:], logger.propagate, logger.level
-    logger.handlers[:] = []
-    logger.propagate = True
-    logger.setLevel(logging.NOTSET)
-    try:
-        yield
-    finally:
-        logger.handlers[:] = handlers
-        logger.propagate = propagate
-        logger.setLevel(level)
 
 
 def push_modelscope(
@@ -78,7 +63,7 @@ def push_modelscope(
 
     api = HubApi(endpoint=endpoint, token=token)
     report = io.StringIO()
-    with _library_logs_through_ours():
+    with through_our_handlers(MODELSCOPE_LOGGER):
         try:
             api.create_repo(repo_id, "model", visibility="private")
             log.info("created private model repository %s on ModelScope", repo_id)

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from bootstrap import constants as C
 from bootstrap.hub.sources import Source
+from bootstrap.logs import through_our_handlers
 
 MODELSCOPE_DEFAULT_REVISION = "master"
 
@@ -101,6 +102,11 @@ class HFClient:
         )
 
 
+# modelscope_hub's logger has a stderr handler of its own; its records are routed through ours
+# (levels, token redaction) while the client runs: see logs.through_our_handlers.
+MODELSCOPE_LOGGER = "modelscope_hub"
+
+
 class ModelScopeClient:
     """ModelScope, through the modelscope package's own API and downloader."""
 
@@ -112,7 +118,8 @@ class ModelScopeClient:
 
         revision = source.revision or MODELSCOPE_DEFAULT_REVISION
         api = HubApi(endpoint=source.endpoint, token=self.token)
-        listed = api.list_repo_files(source.repo_id, source.repo_type, revision=revision)
+        with through_our_handlers(MODELSCOPE_LOGGER):
+            listed = api.list_repo_files(source.repo_id, source.repo_type, revision=revision)
         blobs = {f.path: f for f in listed if not f.is_dir}
         files = [
             RemoteFile(path=path, size=blobs[path].size, sha256=blobs[path].sha256)
@@ -130,15 +137,17 @@ class ModelScopeClient:
             "endpoint": source.endpoint,
             "token": self.token,
         }
-        if source.repo_type == "dataset":
-            dataset_snapshot_download(source.repo_id, **kwargs)
-        else:
-            from modelscope_hub import TqdmCallback  # per-file bars on stderr, only when asked
+        with through_our_handlers(MODELSCOPE_LOGGER):
+            if source.repo_type == "dataset":
+                dataset_snapshot_download(source.repo_id, **kwargs)
+            else:
+                from modelscope_hub import TqdmCallback  # per-file bars on stderr, if asked
 
-            callbacks = [TqdmCallback] if progress else None
-            snapshot_download(
-                repo_id=source.repo_id, repo_type="model", progress_callbacks=callbacks, **kwargs
-            )
+                callbacks = [TqdmCallback] if progress else None
+                snapshot_download(
+                    repo_id=source.repo_id, repo_type="model", progress_callbacks=callbacks,
+                    **kwargs,
+                )  # fmt: skip
 
 
 def client_for(source: Source, trusted_mirrors: Sequence[str]) -> HubClient:

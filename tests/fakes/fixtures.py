@@ -8,6 +8,7 @@ requests never leak between tests.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,3 +66,20 @@ def fake_modelscope(smollm2_dir: Path, gsm8k_repo_dir: Path) -> Iterator[FakeMod
         hub.add_repo(QWEN_ID, smollm2_dir)
         hub.add_repo(GSM8K_MS_ID, gsm8k_repo_dir, repo_type="dataset")
         yield hub
+
+
+@pytest.fixture
+def root_records() -> Iterator[list[logging.LogRecord]]:
+    """Records that reach the root logger's handlers, where the CLI's token filter sits.
+
+    (pytest's own capture handlers also sit on loggers that do not propagate, so caplog cannot
+    tell whether a library's records take that way.)
+    """
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger().addHandler(handler)
+    try:
+        yield records
+    finally:
+        logging.getLogger().removeHandler(handler)
