@@ -74,23 +74,6 @@ def ms() -> Iterator[FakeModelScope]:
         yield server
 
 
-@pytest.fixture
-def root_records() -> Iterator[list[logging.LogRecord]]:
-    """Records that reach the root logger's handlers, where the CLI's token filter sits.
-
-    (pytest's own capture handlers also sit on loggers that do not propagate, so caplog cannot
-    tell whether a library's records take that way.)
-    """
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    logging.getLogger().addHandler(handler)
-    try:
-        yield records
-    finally:
-        logging.getLogger().removeHandler(handler)
-
-
 def endpoints(hf: str | None = None, modelscope: str | None = None) -> EndpointsConfig:
     """The hubs at these URLs; one left out is a closed loopback port, never a public host."""
     return EndpointsConfig(
@@ -520,7 +503,7 @@ def test_export_with_push_uploads_and_records_the_commit(
 ) -> None:
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     plan, ws = make_lora_workspace(
-        tmp_path / "ws", smollm2_dir, push=[f"hf:{REPO}"], hf_endpoint=hub.url
+        tmp_path / "ws", smollm2_dir, push=[f"hf:{REPO}"], hf_endpoint=hub.url, offline=False
     )
 
     manifest = export(plan, ws, ["lora"])
@@ -539,12 +522,13 @@ def test_export_with_push_and_no_token_fails_before_any_work(
     tmp_path: Path, smollm2_dir: Path, hub: FakeHFHub
 ) -> None:
     plan, ws = make_lora_workspace(
-        tmp_path / "ws", smollm2_dir, push=[f"hf:{REPO}"], hf_endpoint=hub.url
+        tmp_path / "ws", smollm2_dir, push=[f"hf:{REPO}"], hf_endpoint=hub.url, offline=False
     )
     with pytest.raises(EnvironmentUnfit, match="HF_TOKEN is not set"):
         export(plan, ws, ["lora"])
     assert not ws.exports.exists()
-    assert hub.records == []
+    # Building the (online) plan probed the endpoint's reachability; its API saw nothing.
+    assert hub.requests("/api/") == []
 
 
 def test_a_manifest_from_before_modelscope_pushes_still_reads(exports) -> None:
@@ -559,3 +543,18 @@ def test_a_manifest_from_before_modelscope_pushes_still_reads(exports) -> None:
     assert set(again.artefacts) == set(manifest.artefacts)  # nothing to rebuild
     (record,) = again.pushes
     assert (record.hub, record.url) == ("hf", f"https://huggingface.co/{REPO}/commit/abc")
+
+
+def test_offline_export_refuses_to_push_before_any_work(
+    tmp_path: Path, hub: FakeHFHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    ws = _fake_workspace(tmp_path / "ws")
+    args = ["--workspace", str(ws.root), "--set", f"model={SMOLLM2_ID}", "export", "--offline"]
+    args += ["--formats", "lora", "--push", f"hf:{REPO}"]
+
+    result = CliRunner().invoke(main, args, env={"GRPO_BOOTSTRAP_HF_ENDPOINT": hub.url})
+
+    assert result.exit_code == 2, result.output
+    assert "--offline uses no network" in result.output
+    assert hub.records == [] and not ws.exports.exists()

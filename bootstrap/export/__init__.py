@@ -177,6 +177,11 @@ def export(
     """
     chosen = resolve_formats(list(formats) if formats is not None else plan.export_formats)
     targets = plan.config.export.push
+    if targets and plan.config.offline:
+        raise ConfigError(
+            f"--offline uses no network, so it cannot push to {', '.join(targets)}",
+            hint="drop --offline to push, or drop the push targets to export only",
+        )
     _check_environment(chosen)
     check_targets(targets)
     workspace.exports.mkdir(parents=True, exist_ok=True)
