@@ -16,13 +16,7 @@ HF_HUB_DISABLE_XET`` first.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-import shutil
-import tempfile
-import threading
-from dataclasses import dataclass
-from pathlib import Path
 
 from bootstrap.demo.hub import (
     LFS_MIN_SIZE,
@@ -36,6 +30,7 @@ from bootstrap.demo.hub import (
     commit_sha_for,
 )
 from tests.fakes.server import LoopbackServer, Request, Response
+from tests.fakes.uploads import PushedCommit, UploadStore
 
 __all__ = ["FakeHFHub", "FakeRepo", "PushedCommit", "RepoFile", "commit_sha_for"]
 
@@ -52,11 +47,7 @@ class FakeHFHub(LoopbackServer, LocalHub):
 
     def __init__(self, token: str | None = None, tree_page_size: int = 1000) -> None:
         super().__init__(token=token, tree_page_size=tree_page_size)
-        # Uploads land here: one directory per pushed repository, and the LFS objects by oid.
-        self._store = Path(tempfile.mkdtemp(prefix="fake-hf-hub."))
-        self._lfs: dict[str, Path] = {}
-        self._upload_lock = threading.Lock()
-        self.commits: list[PushedCommit] = []
+        self.uploads = UploadStore(prefix="fake-hf-hub.")  # created repositories, LFS objects
         kinds = r"(?P<kind>models|datasets)"
         self.route(("POST",), r"/api/repos/create", self._create_repo)
         self.route(("POST",), rf"/api/{kinds}/{REPO}/preupload/(?P<rev>[^/]+)", self._preupload)
@@ -67,7 +58,11 @@ class FakeHFHub(LoopbackServer, LocalHub):
 
     def stop(self) -> None:
         super().stop()
-        shutil.rmtree(self._store, ignore_errors=True)
+        self.uploads.close()
+
+    @property
+    def commits(self) -> list[PushedCommit]:
+        return self.uploads.commits
 
     def pushed_bytes(self, repo_id: str, path: str, repo_type: str = "model") -> bytes:
         """The content of a file as the last commit to ``repo_id`` left it."""
@@ -103,14 +98,12 @@ class FakeHFHub(LoopbackServer, LocalHub):
         repo_type = body.get("type") or "model"
         repo_id = f"{body['organization']}/{body['name']}"
         url = f"{request.base_url}/{repo_id}"
-        with self._upload_lock:
+        with self.uploads.lock:
             if (repo_type, repo_id) in self.repos:
                 # Like the hub: the conflict still names the repository, which exist_ok reads.
                 message = "You already created this model repo"
                 return _json({"error": message, "url": url}, 409, {"X-Error-Message": message})
-            root = self._store / repo_type / repo_id
-            root.mkdir(parents=True)
-            self.add_repo(repo_id, root, repo_type)
+            self.add_repo(repo_id, self.uploads.new_repo_dir(repo_type, repo_id), repo_type)
         return _json({"url": url, "name": repo_id, "id": repo_id})
 
     def _preupload(self, request: Request) -> Response:
@@ -141,7 +134,7 @@ class FakeHFHub(LoopbackServer, LocalHub):
         objects = []
         for obj in body["objects"]:
             entry: dict[str, object] = {"oid": obj["oid"], "size": obj["size"]}
-            if obj["oid"] not in self._lfs:  # else already stored: no actions, the client skips
+            if self.uploads.blob(obj["oid"]) is None:  # else stored: no actions, the client skips
                 entry["authenticated"] = True
                 entry["actions"] = {
                     "upload": {"href": f"{request.base_url}/_lfs/upload/{obj['oid']}"},
@@ -152,14 +145,8 @@ class FakeHFHub(LoopbackServer, LocalHub):
 
     def _lfs_upload(self, request: Request) -> Response:
         assert request.match is not None
-        oid = request.match["oid"]
-        if hashlib.sha256(request.body).hexdigest() != oid:
+        if not self.uploads.put_blob(request.match["oid"], request.body):
             return _error(400, None, "uploaded content does not match its oid")
-        path = self._store / "lfs" / oid
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(request.body)
-        with self._upload_lock:
-            self._lfs[oid] = path
         return Response(200, body=b"")
 
     def _lfs_verify(self, request: Request) -> Response:
@@ -167,7 +154,7 @@ class FakeHFHub(LoopbackServer, LocalHub):
         if refused:
             return refused
         body = json.loads(request.body)
-        stored = self._lfs.get(body["oid"])
+        stored = self.uploads.blob(body["oid"])
         if stored is None or stored.stat().st_size != body["size"]:
             return _error(404, None, "object not found")
         return _json({"success": True})
@@ -184,35 +171,19 @@ class FakeHFHub(LoopbackServer, LocalHub):
             if line["key"] == "file":
                 contents[value["path"]] = base64.b64decode(value["content"])
             elif line["key"] == "lfsFile":
-                stored = self._lfs.get(value["oid"])
+                stored = self.uploads.blob(value["oid"])
                 if stored is None:
                     return _error(400, None, f"LFS object of {value['path']} was never uploaded")
                 contents[value["path"]] = stored.read_bytes()
             elif line["key"] != "header":
                 return _error(400, None, f"unsupported commit operation {line['key']}")
-        with self._upload_lock:
-            for rel, data in contents.items():
-                dest = repo.root / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(data)
-            sha = hashlib.sha1(f"{repo.sha}:{request.body!r}".encode()).hexdigest()
-            self.add_repo(repo.repo_id, repo.root, repo.repo_type, sha=sha)
-            self.commits.append(
-                PushedCommit(repo.repo_id, sha, header.get("summary", ""), sorted(contents))
-            )
+        sha = self.uploads.commit(
+            repo, contents, header.get("summary", ""), request.body,
+            lambda sha: self.add_repo(repo.repo_id, repo.root, repo.repo_type, sha=sha),
+        )  # fmt: skip
         prefix = "" if repo.repo_type == "model" else "datasets/"
         url = f"{request.base_url}/{prefix}{repo.repo_id}/commit/{sha}"
         return _json({"success": True, "commitOid": sha, "commitUrl": url})
-
-
-@dataclass(frozen=True)
-class PushedCommit:
-    """One commit the fake received: its repository, sha, summary and the paths it wrote."""
-
-    repo_id: str
-    sha: str
-    summary: str
-    paths: list[str]
 
 
 def _lfs_path(path: str, size: int) -> bool:

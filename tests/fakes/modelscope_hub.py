@@ -36,16 +36,13 @@ Aim the real client at it with ``endpoint=server.url`` or ``MODELSCOPE_ENDPOINT=
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-import shutil
-import tempfile
-import threading
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from tests.fakes.hf_hub import FakeRepo, PushedCommit, RepoFile, commit_sha_for
+from tests.fakes.hf_hub import FakeRepo, RepoFile, commit_sha_for
 from tests.fakes.server import LoopbackServer, Request, Response
+from tests.fakes.uploads import PushedCommit, UploadStore
 
 DEFAULT_BRANCH = "master"
 CREATED_AT = 1727222400  # ModelScope reports times as unix seconds
@@ -95,11 +92,7 @@ class FakeModelScope(LoopbackServer):
         super().__init__()
         self.token = token
         self.repos: dict[tuple[str, str], FakeRepo] = {}
-        # Uploads land here: one directory per created repository, and the blobs by sha256.
-        self._store = Path(tempfile.mkdtemp(prefix="fake-modelscope."))
-        self._blobs: dict[str, Path] = {}
-        self._upload_lock = threading.Lock()
-        self.commits: list[PushedCommit] = []
+        self.uploads = UploadStore(prefix="fake-modelscope.")  # created repositories, blobs
         self.visibility: dict[str, int] = {}
         kinds = r"(?P<kind>models|datasets)"
         repo = r"(?P<repo>[^/]+/[^/]+)"
@@ -114,7 +107,11 @@ class FakeModelScope(LoopbackServer):
 
     def stop(self) -> None:
         super().stop()
-        shutil.rmtree(self._store, ignore_errors=True)
+        self.uploads.close()
+
+    @property
+    def commits(self) -> list[PushedCommit]:
+        return self.uploads.commits
 
     def pushed_bytes(self, repo_id: str, path: str) -> bytes:
         """The content of a file of model ``repo_id`` as the last commit left it."""
@@ -237,12 +234,10 @@ class FakeModelScope(LoopbackServer):
             return refused
         body = json.loads(request.body)
         repo_id = f"{body['Path']}/{body['Name']}"
-        with self._upload_lock:
+        with self.uploads.lock:
             if ("model", repo_id) in self.repos:
                 return _envelope(None, 400, "该名称已被注册使用，请重新命名", MODEL_EXISTS_CODE)
-            root = self._store / repo_id
-            root.mkdir(parents=True)
-            self.add_repo(repo_id, root)
+            self.add_repo(repo_id, self.uploads.new_repo_dir(repo_id))
             self.visibility[repo_id] = int(body["Visibility"])
         return _envelope({"Path": body["Path"], "Name": body["Name"]})
 
@@ -261,20 +256,14 @@ class FakeModelScope(LoopbackServer):
                 "actions": {"upload": {"href": f"{href}/{o['oid']}"}},
             }
             for o in body["objects"]
-            if o["oid"] not in self._blobs  # a stored blob is not answered: the client reuses it
+            if self.uploads.blob(o["oid"]) is None  # a stored blob is not answered: reused
         ]
         return _envelope({"objects": objects})
 
     def _put_blob(self, request: Request) -> Response:
         assert request.match is not None
-        oid = request.match["oid"]
-        if hashlib.sha256(request.body).hexdigest() != oid:
+        if not self.uploads.put_blob(request.match["oid"], request.body):
             return _envelope(None, 400, "content does not match its sha256")
-        path = self._store / ".blobs" / oid
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(request.body)
-        with self._upload_lock:
-            self._blobs[oid] = path
         return _envelope(None)
 
     def _commit(self, request: Request) -> Response:
@@ -292,21 +281,15 @@ class FakeModelScope(LoopbackServer):
             if action["type"] == "normal":
                 data = base64.b64decode(action["content"])
             else:
-                stored = self._blobs.get(action["sha256"])
+                stored = self.uploads.blob(action["sha256"])
                 if stored is None:
                     return _envelope(None, 400, f"blob of {action['path']} was never uploaded")
                 data = stored.read_bytes()
             if len(data) != action["size"]:
                 return _envelope(None, 400, f"{action['path']}: size does not match")
             contents[action["path"]] = data
-        with self._upload_lock:
-            for rel, data in contents.items():
-                dest = repo.root / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(data)
-            sha = hashlib.sha1(f"{repo.sha}:{request.body!r}".encode()).hexdigest()
-            self.add_repo(repo.repo_id, repo.root, sha=sha)
-            self.commits.append(
-                PushedCommit(repo.repo_id, sha, body["commit_message"], sorted(contents))
-            )
+        self.uploads.commit(
+            repo, contents, body["commit_message"], request.body,
+            lambda sha: self.add_repo(repo.repo_id, repo.root, sha=sha),
+        )  # fmt: skip
         return _envelope(None)
