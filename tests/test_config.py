@@ -127,6 +127,7 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
         ({"push": ["github:me/model"]}, "expected hf:OWNER/NAME or modelscope:OWNER/NAME"),
         ({"hf_endpoint": "ftp://x"}, "must be an http:// or https:// URL"),
         ({"gpu_memory_utilization": 1.5}, "less than or equal to 0.95"),
+        ({"gpu_memory_limit_gib": 0}, "greater than 0"),
     ],
 )
 def test_rules_across_fields(flags: dict, fragment: str) -> None:
