@@ -281,9 +281,11 @@ def test_drift_check_fails_when_lock_and_pyproject_disagree() -> None:
 
 STUB = """#!/usr/bin/env bash
 # Records its argv and PIP_INDEX_URL as one line (fields split by \\037, \\036), then acts.
-printf '%s' "$(basename "$0")" >> "$STUB_LOG"
-printf '\\037%s' "$@" >> "$STUB_LOG"
-printf '\\036PIP_INDEX_URL=%s\\n' "${{PIP_INDEX_URL:-}}" >> "$STUB_LOG"
+# One write per call: stubs in a pipeline (detect | python) run at once, and several appends
+# each would interleave their lines.
+line="$(basename "$0")"
+for arg in "$@"; do line+=$'\\037'"$arg"; done
+printf '%s\\036PIP_INDEX_URL=%s\\n' "$line" "${{PIP_INDEX_URL:-}}" >> "$STUB_LOG"
 {body}
 """
 
