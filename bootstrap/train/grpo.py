@@ -39,6 +39,7 @@ from bootstrap.plan import Plan
 from bootstrap.train.backends import ADAPTER_FILES, TOKENIZER_FILES, Backend, make_backend
 from bootstrap.train.caches import restore_caches, use_workspace_caches
 from bootstrap.train.metrics import metrics_callback, prune_metrics
+from bootstrap.train.paged_state import resumed_state_callback
 from bootstrap.train.samples import write_samples
 from bootstrap.train.signals import stop_signals_to
 from bootstrap.workspace import Workspace
@@ -375,7 +376,7 @@ def _run_trainer(
             args=args,
             train_dataset=dataset,
             peft_config=peft_config,
-            callbacks=[metrics, stop_callback(request)],
+            callbacks=[metrics, stop_callback(request), resumed_state_callback()],
         )
         # With tqdm off the Trainer prints every log dict; metrics.jsonl and our bar replace it.
         trainer.remove_callback(PrinterCallback)
