@@ -313,6 +313,7 @@ def test_the_grpo_config_carries_the_recipe_and_falls_back_from_8bit_adam_on_cpu
     assert (args.bf16, args.fp16) == (False, False)  # cpu-smoke is fp32; TRL would default bf16
     assert args.num_generations == 2 and args.generation_batch_size == 2
     assert args.report_to == []  # "none": no wandb, no tensorboard
+    assert args.ddp_find_unused_parameters is False  # the LoRA is used whole by every forward
     on_gpu = grpo_config_kwargs(
         settings.model_copy(update={"dtype": "bf16"}),
         output_dir=tmp_path,

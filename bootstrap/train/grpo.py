@@ -186,6 +186,10 @@ def grpo_config_kwargs(
         "seed": settings.seed,
         "beta": RECIPE_BETA,
         "report_to": "none",
+        # Every LoRA weight takes part in each forward.  For a PeftModel (not a
+        # PreTrainedModel) transformers would turn DDP's unused-parameter search on: one more
+        # walk of the autograd graph per step, and a warning from every rank.
+        "ddp_find_unused_parameters": False,
         "disable_tqdm": True,  # our own progress bar (metrics.py) replaces the Trainer's
     }
     kwargs.update(overrides or {})
