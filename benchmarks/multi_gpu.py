@@ -144,7 +144,7 @@ def resume_check(args: argparse.Namespace) -> dict[str, Any]:
         and steps == list(range(1, step + 3))
     )
     return {"ok": ok, "first": first, "second_exit": again.returncode, "metric_steps": steps,
-            "resumed_from": doc.get("resumed_from")}  # fmt: skip
+            "resumed_from": doc.get("resumed_from"), "error": doc.get("error")}  # fmt: skip
 
 
 def _fmt(value: float | None, spec: str = ".2f") -> str:
