@@ -112,6 +112,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     TRITON_CACHE_DIR=/workspace/cache/triton \
     VLLM_CACHE_ROOT=/workspace/cache/vllm \
     UNSLOTH_COMPILE_LOCATION=/workspace/cache/unsloth_compiled_cache \
+    UNSLOTH_MEGA_CACHE_DIR=/workspace/cache/unsloth_mega_cache \
     CUDA_CACHE_PATH=/workspace/cache/nv-compute \
     FLASHINFER_WORKSPACE_BASE=/workspace/cache/flashinfer \
     NCCL_NVLS_ENABLE=0 \

@@ -24,8 +24,8 @@ prepare_dirs() {
     local dir
     for dir in "${GRPO_BOOTSTRAP_WORKSPACE:-}" "${HF_HOME:-}" "${MODELSCOPE_CACHE:-}" \
         "${XDG_CACHE_HOME:-}" "${TORCHINDUCTOR_CACHE_DIR:-}" "${TRITON_CACHE_DIR:-}" \
-        "${VLLM_CACHE_ROOT:-}" "${UNSLOTH_COMPILE_LOCATION:-}" "${CUDA_CACHE_PATH:-}" \
-        "${FLASHINFER_WORKSPACE_BASE:-}"; do
+        "${VLLM_CACHE_ROOT:-}" "${UNSLOTH_COMPILE_LOCATION:-}" "${UNSLOTH_MEGA_CACHE_DIR:-}" \
+        "${CUDA_CACHE_PATH:-}" "${FLASHINFER_WORKSPACE_BASE:-}"; do
         [[ -n "$dir" ]] || continue
         if ! mkdir -p "$dir" 2> /dev/null || [[ ! -w "$dir" ]]; then
             echo "error: $dir is not writable by uid $(id -u)." >&2

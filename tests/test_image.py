@@ -26,6 +26,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from bootstrap.train.caches import CACHE_DIRS
 from tests.fakes.nvidia_smi import install_nvidia_smi
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -381,6 +382,7 @@ def test_entrypoint_prepares_the_workspace_caches_idempotently(container_env, tm
     expected = {"GRPO_BOOTSTRAP_WORKSPACE", "HF_HOME", "MODELSCOPE_CACHE", "TORCHINDUCTOR_CACHE_DIR",
                 "TRITON_CACHE_DIR", "VLLM_CACHE_ROOT", "UNSLOTH_COMPILE_LOCATION", "XDG_CACHE_HOME"}
     assert expected <= set(workspace_env())
+    assert set(CACHE_DIRS) <= set(workspace_env())  # the job's caches all live in the volume
     for var in workspace_env():  # every cache the image points into the volume exists
         assert Path(container_env[var]).is_dir(), var
     assert len(calls(tmp_path / "calls.log")) == 2

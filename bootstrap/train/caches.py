@@ -12,6 +12,9 @@ container shares); only unset ones are pointed into the workspace.  Unsloth read
 when it is imported, so this runs before any backend is imported; and importing Unsloth removes
 TORCHINDUCTOR_CACHE_DIR from the environment (unsloth_zoo's patch_torch_compile, 2026.10), which
 would send torch.compile's cache back to /tmp, so `restore_caches` puts it back afterwards.
+When vLLM runs in the same process it points TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR at
+its own <VLLM_CACHE_ROOT>/torch_compile_cache/<hash>/ while it starts, so with vLLM the
+training's kernels land there: still in the workspace.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ CACHE_DIRS: dict[str, str] = {
     "TRITON_CACHE_DIR": "triton",  # compiled Triton kernels (Unsloth's, bitsandbytes', vLLM's)
     "VLLM_CACHE_ROOT": "vllm",  # vLLM's torch.compile artefacts
     "UNSLOTH_COMPILE_LOCATION": "unsloth_compiled_cache",  # Unsloth's generated modules
+    # unsloth_zoo's bundle of torch.compile artefacts (torch.compiler.save_cache_artifacts),
+    # loaded before the first compiled region runs; by default under ~/.cache, which a new
+    # container does not have.
+    "UNSLOTH_MEGA_CACHE_DIR": "unsloth_mega_cache",
     "CUDA_CACHE_PATH": "nv-compute",  # the driver's JIT cache for PTX
 }
 
