@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from bootstrap.train.caches import CACHE_DIRS
 from bootstrap.train.metrics import read_metrics
 from bootstrap.workspace import Workspace
 from tests.fakes.assets import write_gsm8k
@@ -97,7 +98,8 @@ def run_train(ws: Workspace, **flags: Any) -> dict[str, Any]:
         capture_output=True,
         text=True,
         env={
-            **os.environ,
+            # Caches configured by the machine would win over the workspace's (caches.py).
+            **{k: v for k, v in os.environ.items() if k not in CACHE_DIRS},
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
@@ -141,6 +143,9 @@ def test_unsloth_backend_runs_the_recipe_on_qwen25_3b_architecture(
     ws = workspace(tmp_path / "ws", random_qwen)
     result = run_train(ws, backend="unsloth", vllm="off")
     check_run(ws, result, "unsloth", "hf")
+    # Importing unsloth pops TORCHINDUCTOR_CACHE_DIR; train() puts the workspace's back, so
+    # Unsloth's compiled graphs land where a relaunch finds them.
+    assert any(p.is_file() for p in (ws.cache / "torchinductor").rglob("*"))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
