@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from bootstrap.train.grpo import last_checkpoint
+from bootstrap.train.grpo import checkpoint_step, last_checkpoint
+from bootstrap.train.launch import JOB_FILE, LOG_FILE, launch_dir
 from bootstrap.train.metrics import read_metrics
 from bootstrap.workspace import Workspace
 from tests.test_train import MODEL_ID, make_workspace
@@ -109,10 +110,16 @@ def test_the_launch_used_the_generated_accelerate_config(two_rank_flow: dict[str
     config = yaml.safe_load((ws.root / "launch" / "accelerate.yaml").read_text())
     assert config["num_processes"] == 2 and config["use_cpu"] is True
     assert config["distributed_type"] == "MULTI_CPU"
-    assert (
-        "accelerate.commands.launch" in two_rank_flow["first"].stderr
-        or (ws.root / "launch" / "launch.log").is_file()
-    )
+
+
+def test_the_ranks_output_reaches_our_stderr_and_stays_in_launch_log(
+    two_rank_flow: dict[str, Any],
+) -> None:
+    ws: Workspace = two_rank_flow["ws"]
+    for launch in ("first", "second"):  # echoed while the launch ran
+        assert "LoRA adapter saved" in two_rank_flow[launch].stderr
+    log = (launch_dir(ws.root) / LOG_FILE).read_text()
+    assert log.count("LoRA adapter saved") == 2  # each launch appended its own part
 
 
 def test_the_lora_and_samples_come_from_rank_0(two_rank_flow: dict[str, Any]) -> None:
@@ -184,6 +191,51 @@ def test_sigterm_stops_both_ranks_at_one_step_saves_and_the_run_resumes(
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert resumed_doc["resumed_from"] == str(checkpoint) and resumed_doc["steps"] == step + 1
     assert [line["step"] for line in read_metrics(ws.metrics)] == list(range(1, step + 2))
+
+
+def launch_processes(ws: Workspace) -> dict[int, str]:
+    """Live processes of this workspace's launch, pid -> "launcher" or "rank" (both command lines
+    name its job.json; a zombie's is empty)."""
+    job = str(launch_dir(ws.root) / JOB_FILE).encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+        except OSError:  # gone meanwhile
+            continue
+        if b"bootstrap.train.worker" in argv and job in argv:
+            launcher = b"accelerate.commands.launch" in argv
+            found[int(entry.name)] = "launcher" if launcher else "rank"
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_ranks_left_by_a_killed_parent_save_and_stop(tmp_path: Path, tiny_qwen2_dir: Path) -> None:
+    ws = make_workspace(tmp_path / "ws", tiny_qwen2_dir)
+    command, env = grpo_command(ws, "--set", "max_steps=5000", "--set", "save_steps=5000")
+    proc = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not read_metrics(ws.metrics):
+            assert proc.poll() is None and time.monotonic() < deadline, "no step within 120 s"
+            time.sleep(0.2)
+        assert sorted(launch_processes(ws).values()) == ["launcher", "rank", "rank"]
+        proc.kill()  # SIGKILL: no handler runs, no stop file is written
+        proc.wait()
+        deadline = time.monotonic() + 180
+        while launch_processes(ws):
+            assert time.monotonic() < deadline, "the launch outlived its parent by 180 s"
+            time.sleep(0.5)
+    finally:
+        for pid in launch_processes(ws):  # whatever the outcome, leave nothing behind
+            os.kill(pid, signal.SIGKILL)
+    checkpoint = last_checkpoint(ws.checkpoints)
+    assert checkpoint is not None and checkpoint_step(checkpoint) < 5000  # saved on the way out
+    for rank in (0, 1):
+        outcome = json.loads((launch_dir(ws.root) / f"outcome-{rank}.json").read_text())
+        assert outcome["exit_code"] == 130, outcome
 
 
 @pytest.mark.parametrize(

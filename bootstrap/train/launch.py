@@ -17,13 +17,17 @@ the ranks agree on the stop step (grpo.StopRequest.agreed), save one checkpoint 
 exit 130.  Signalling torch's elastic agent instead would start its kill timer (30 s before
 torch 2.12) while the ranks still finish the step and save; it is only the fallback when the
 ranks have not stopped RANK_SHUTDOWN_GRACE_S after the request (e.g. still waiting for the
-other machines).  A second SIGINT kills the ranks at once.
+other machines).  A second SIGINT kills the ranks at once.  If this process dies without a
+word (kill -9, the OOM killer), Linux sends the launcher SIGTERM (PR_SET_PDEATHSIG), which the
+agent passes on: the ranks save at the end of the step and stop instead of training on, unowned,
+with the GPUs.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import importlib.util
 import logging
 import os
@@ -32,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,6 +72,7 @@ JOB_FILE = "job.json"
 LOG_FILE = "launch.log"
 STOP_FILE = "stop"
 _LOG_TAIL_LINES = 30
+_FOLLOW_INTERVAL_S = 0.2
 
 
 class Launch(BaseModel, frozen=True):
@@ -411,13 +416,13 @@ class _Forwarder:
         self.signal_name: str | None = None
         self.stop_file = stop_file
         self.requested_at: float | None = None
-        self._proc: subprocess.Popen[str] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._escalated = False
 
     def __bool__(self) -> bool:
         return self.signal_name is not None
 
-    def attach(self, proc: subprocess.Popen[str]) -> None:
+    def attach(self, proc: subprocess.Popen[bytes]) -> None:
         self._proc = proc
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -446,7 +451,7 @@ class _Forwarder:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(signal.SIGTERM)
 
-    def wait(self, proc: subprocess.Popen[str]) -> int:
+    def wait(self, proc: subprocess.Popen[bytes]) -> int:
         """Wait for the launcher, escalating a stop request the ranks did not honour."""
         while True:
             try:
@@ -460,34 +465,72 @@ class _Forwarder:
             yield self
 
 
-def _pump(stream: Any, log_path: Path, tail: collections.deque[str]) -> None:
-    """Copy the launcher's output to our stderr and to launch.log, keeping the last lines."""
-    with log_path.open("a", encoding="utf-8") as handle:
-        for line in stream:
-            sys.stderr.write(line)
-            handle.write(line)
-            tail.append(line)
+def _follow(
+    log_path: Path, start: int, proc: subprocess.Popen[bytes], tail: collections.deque[str]
+) -> None:
+    """Echo what the launch appends to launch.log (from byte `start`) on our stderr, keeping the
+    last lines, until the launcher has exited and all it wrote has been read."""
+    with log_path.open("r", encoding="utf-8", errors="replace") as log_file:
+        log_file.seek(start)
+        partial = ""
+        while True:
+            finished = proc.poll() is not None  # before reading: nothing is written after that
+            chunk = log_file.read()
+            *lines, partial = (partial + chunk).split("\n")
+            if finished and partial:
+                lines, partial = [*lines, partial], ""
+            for line in lines:
+                sys.stderr.write(line + "\n")
+                tail.append(line + "\n")
+            if finished:
+                return
+            if not chunk:
+                time.sleep(_FOLLOW_INTERVAL_S)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _terminated_with_us() -> Callable[[], None] | None:
+    """A preexec_fn for the launcher: Linux sends it SIGTERM when this process dies, however it
+    dies.  None off Linux (no prctl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    # Resolved before the fork: between fork and exec the child must not load libraries.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # this process died before the request took hold
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 def _start(command: list[str], env: dict[str, str], log_path: Path) -> tuple[
-    subprocess.Popen[str], threading.Thread, collections.deque[str]
+    subprocess.Popen[bytes], threading.Thread, collections.deque[str]
 ]:  # fmt: skip
+    """Start the launcher writing into launch.log (appended), and a thread echoing it."""
     tail: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL_LINES)
-    # Its own session: a terminal's Ctrl-C must not reach the ranks directly, only through us
-    # (they would see it twice, once from the terminal and once from torch's agent).
-    proc = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )
-    pump = threading.Thread(target=_pump, args=(proc.stdout, log_path, tail), daemon=True)
-    pump.start()
-    return proc, pump, tail
+    # The launch writes the file itself, not a pipe to us: if this process dies, the ranks' next
+    # write does not fail with a broken pipe, and the file keeps their whole story.
+    with log_path.open("ab") as log_file:
+        start = log_file.tell()
+        # Its own session: a terminal's Ctrl-C must not reach the ranks directly, only through
+        # us (they would see it twice, once from the terminal and once from torch's agent).
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_terminated_with_us(),
+        )
+    follower = threading.Thread(target=_follow, args=(log_path, start, proc, tail), daemon=True)
+    follower.start()
+    return proc, follower, tail
 
 
 def _conclude(
@@ -575,8 +618,8 @@ def run_distributed(
         write_json_atomic(folder / JOB_FILE, job.model_dump(mode="json"))
         log.info("launching %d rank(s) here (%s): %s", launch.processes_per_machine,
                  launch.strategy_label, " ".join(launch.command))  # fmt: skip
-        proc, pump, tail = _start(launch.command, env, folder / LOG_FILE)
+        proc, follower, tail = _start(launch.command, env, folder / LOG_FILE)
         forwarder.attach(proc)
         returncode = forwarder.wait(proc)
-        pump.join(timeout=10)
+        follower.join(timeout=10)
     return _conclude(workspace.root, launch, returncode, forwarder.signal_name, list(tail))
