@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -19,6 +22,8 @@ import pytest
 from bootstrap.config import load_config
 from bootstrap.errors import Interrupted, TrainingFailed
 from bootstrap.train.vllm_server import server_overrides, vllm_server
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 STUB = textwrap.dedent(
     """
@@ -163,3 +168,38 @@ def test_a_signal_while_the_server_starts_is_interrupted(
     ):
         pytest.fail("the block must not run")
     assert not _alive(json.loads(stub_server.read_text())["pid"])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_server_does_not_outlive_a_killed_parent(tmp_path: Path, stub_server: Path) -> None:
+    # The parent holds the server open and is then killed outright: no `finally` runs in it.
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from pathlib import Path
+        from bootstrap.config import load_config
+        from bootstrap.train.vllm_server import vllm_server
+
+        settings = load_config(environ={}, flags={"max_seq_length": 1024}).config.train
+        with vllm_server(Path(sys.argv[1]), settings, device="0", log_path=Path(sys.argv[2])):
+            print("ready", flush=True)
+            time.sleep(3600)
+        """
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path), str(tmp_path / "vllm.log")],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert parent.stdout is not None and parent.stdout.readline().strip() == "ready"
+        server = json.loads(stub_server.read_text())["pid"]
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while _alive(server):
+            assert time.monotonic() < deadline, "the vLLM server outlived its parent by 30 s"
+            time.sleep(0.2)
+    finally:
+        parent.kill()
+        if stub_server.exists() and _alive(pid := json.loads(stub_server.read_text())["pid"]):
+            os.kill(pid, signal.SIGKILL)

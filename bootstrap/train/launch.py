@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import importlib.util
 import logging
 import os
@@ -36,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,7 +53,7 @@ from bootstrap.errors import (
     MirrorsFailed,
     TrainingFailed,
 )
-from bootstrap.train.signals import stop_signals_to
+from bootstrap.train.signals import stop_signals_to, terminated_with_parent
 from bootstrap.workspace import Workspace, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -488,26 +487,6 @@ def _follow(
                 time.sleep(_FOLLOW_INTERVAL_S)
 
 
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def _terminated_with_us() -> Callable[[], None] | None:
-    """A preexec_fn for the launcher: Linux sends it SIGTERM when this process dies, however it
-    dies.  None off Linux (no prctl)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    # Resolved before the fork: between fork and exec the child must not load libraries.
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent = os.getpid()
-
-    def arm() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # this process died before the request took hold
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return arm
-
-
 def _start(command: list[str], env: dict[str, str], log_path: Path) -> tuple[
     subprocess.Popen[bytes], threading.Thread, collections.deque[str]
 ]:  # fmt: skip
@@ -526,7 +505,7 @@ def _start(command: list[str], env: dict[str, str], log_path: Path) -> tuple[
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_terminated_with_us(),
+            preexec_fn=terminated_with_parent(),
         )
     follower = threading.Thread(target=_follow, args=(log_path, start, proc, tail), daemon=True)
     follower.start()

@@ -1,14 +1,20 @@
-"""SIGTERM and SIGINT routed to one handler for the length of a block.
+"""SIGTERM and SIGINT routed to one handler for the length of a block, and children that are
+told when we die.
 
 A cloud pre-empting the machine sends SIGTERM, a user presses Ctrl-C: both must reach the code
 that can save a checkpoint (the trainer's stop request, or the launcher that tells its ranks)
-instead of killing the process mid-save.
+instead of killing the process mid-save.  A process killed outright (kill -9, the OOM killer)
+runs no handler, so the processes it started (the ranks' launcher, a vLLM server) ask Linux for
+a SIGTERM when it is gone, rather than keep the GPUs unowned.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -32,3 +38,23 @@ def stop_signals_to(handler: Callable[[int, Any], None]) -> Iterator[bool]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def terminated_with_parent() -> Callable[[], None] | None:
+    """A subprocess preexec_fn: Linux sends the child SIGTERM when this process dies, however it
+    dies (PR_SET_PDEATHSIG).  None off Linux, where there is no prctl."""
+    if not sys.platform.startswith("linux"):
+        return None
+    # Resolved before the fork: between fork and exec the child must not load libraries.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # this process died before the request took hold
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm

@@ -27,6 +27,7 @@ import httpx
 
 from bootstrap.config import TrainConfig
 from bootstrap.errors import Interrupted, TrainingFailed
+from bootstrap.train.signals import terminated_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ def vllm_server(
         proc = subprocess.Popen(
             command, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own group: stopped as a whole, not hit by Ctrl-C
+            preexec_fn=terminated_with_parent(),
         )  # fmt: skip
     try:
         _wait_healthy(proc, f"http://{HOST}:{port}{HEALTH_ROUTE}", log_path, stop, timeout_s)
