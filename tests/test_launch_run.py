@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from bootstrap.train.launch import JOB_FILE, LOG_FILE, launch_dir
 from bootstrap.train.metrics import read_metrics
 from bootstrap.workspace import Workspace
 from tests.test_train import MODEL_ID, make_workspace
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -161,11 +161,7 @@ def test_sigterm_stops_both_ranks_at_one_step_saves_and_the_run_resumes(
         command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        deadline = time.monotonic() + 120
-        while not read_metrics(ws.metrics):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no training step within 120 s"
-            time.sleep(0.2)
+        wait_until(lambda: read_metrics(ws.metrics), within_s=120, what="training step", alive=proc)
         proc.send_signal(signal.SIGTERM)  # to the parent only, as `docker stop` or tini sends it
         stdout, stderr = proc.communicate(timeout=180)  # a rank stuck alone would hang here
     finally:
@@ -217,17 +213,11 @@ def test_ranks_left_by_a_killed_parent_save_and_stop(tmp_path: Path, tiny_qwen2_
         command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 120
-        while not read_metrics(ws.metrics):
-            assert proc.poll() is None and time.monotonic() < deadline, "no step within 120 s"
-            time.sleep(0.2)
+        wait_until(lambda: read_metrics(ws.metrics), within_s=120, what="step", alive=proc)
         assert sorted(launch_processes(ws).values()) == ["launcher", "rank", "rank"]
         proc.kill()  # SIGKILL: no handler runs, no stop file is written
         proc.wait()
-        deadline = time.monotonic() + 180
-        while launch_processes(ws):
-            assert time.monotonic() < deadline, "the launch outlived its parent by 180 s"
-            time.sleep(0.5)
+        wait_until(lambda: not launch_processes(ws), within_s=180, what="end of the orphan launch")
     finally:
         for pid in launch_processes(ws):  # whatever the outcome, leave nothing behind
             os.kill(pid, signal.SIGKILL)

@@ -39,6 +39,7 @@ from bootstrap.train.metrics import prune_metrics, read_metrics
 from bootstrap.train.rewards import REWARD_FUNCS
 from bootstrap.workspace import Workspace
 from tests.fakes.assets import write_gsm8k
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -250,11 +251,7 @@ def test_sigterm_saves_a_checkpoint_exits_130_and_the_run_resumes(
         env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))},
     )
     try:
-        deadline = time.monotonic() + 120
-        while not metric_steps(ws):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no training step within 120 s"
-            time.sleep(0.2)
+        wait_until(lambda: metric_steps(ws), within_s=120, what="training step", alive=proc)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
     finally:
