@@ -16,9 +16,9 @@ runs it; figures read back from metrics.jsonl):
     python benchmarks/multi_gpu.py --work W --part resume
 
 Both runs use the trl backend (several processes always do; Unsloth trains on one GPU), so the
-factor compares like with like.  Generation with HF generate is bound by memory bandwidth, not
-batch size, so a small global batch scales worse than a large one: the default (64 completions
-per step) leaves each GPU a batch worth splitting.
+factor compares like with like.  On 2 x H100 (README, "Several GPUs") the factor was 0.89x at
+64 completions per step: HF generate's time per token hardly depends on the batch, so halving
+each GPU's share of the batch does not shorten the generation that fills most of the step.
 """
 
 from __future__ import annotations
