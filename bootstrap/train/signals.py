@@ -45,7 +45,11 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 def terminated_with_parent() -> Callable[[], None] | None:
     """A subprocess preexec_fn: Linux sends the child SIGTERM when this process dies, however it
-    dies (PR_SET_PDEATHSIG).  None off Linux, where there is no prctl."""
+    dies (PR_SET_PDEATHSIG).  None off Linux, where there is no prctl.
+
+    Strictly, the signal comes when the thread that started the child ends, so start it from the
+    thread that waits for it.
+    """
     if not sys.platform.startswith("linux"):
         return None
     # Resolved before the fork: between fork and exec the child must not load libraries.
