@@ -30,7 +30,7 @@ from bootstrap.demo.hub import (
     commit_sha_for,
 )
 from tests.fakes.server import LoopbackServer, Request, Response
-from tests.fakes.uploads import PushedCommit, UploadStore
+from tests.fakes.uploads import PushedCommit, ReceivesUploads, UploadStore
 
 __all__ = ["FakeHFHub", "FakeRepo", "PushedCommit", "RepoFile", "commit_sha_for"]
 
@@ -38,7 +38,7 @@ __all__ = ["FakeHFHub", "FakeRepo", "PushedCommit", "RepoFile", "commit_sha_for"
 FakeRepo = LocalRepo
 
 
-class FakeHFHub(LoopbackServer, LocalHub):
+class FakeHFHub(ReceivesUploads, LoopbackServer, LocalHub):
     """Loopback Hugging Face Hub.  Use as a context manager; ``url`` is the endpoint to use.
 
     ``token``: when set, every request must carry ``Authorization: Bearer <token>`` (else 401).
@@ -55,18 +55,6 @@ class FakeHFHub(LoopbackServer, LocalHub):
         self.route(("POST",), rf"/{REPO}\.git/info/lfs/objects/batch", self._lfs_batch)
         self.route(("PUT",), r"/_lfs/upload/(?P<oid>[0-9a-f]{64})", self._lfs_upload)
         self.route(("POST",), r"/_lfs/verify", self._lfs_verify)
-
-    def stop(self) -> None:
-        super().stop()
-        self.uploads.close()
-
-    @property
-    def commits(self) -> list[PushedCommit]:
-        return self.uploads.commits
-
-    def pushed_bytes(self, repo_id: str, path: str, repo_type: str = "model") -> bytes:
-        """The content of a file as the last commit to ``repo_id`` left it."""
-        return self.repos[(repo_type, repo_id)].files[path].source.read_bytes()
 
     # -- upload API ----------------------------------------------------------------------------
     def _writer(self, request: Request) -> Response | None:

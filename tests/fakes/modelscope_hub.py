@@ -42,7 +42,7 @@ from urllib.parse import parse_qs
 
 from tests.fakes.hf_hub import FakeRepo, RepoFile, commit_sha_for
 from tests.fakes.server import LoopbackServer, Request, Response
-from tests.fakes.uploads import PushedCommit, UploadStore
+from tests.fakes.uploads import ReceivesUploads, UploadStore
 
 DEFAULT_BRANCH = "master"
 CREATED_AT = 1727222400  # ModelScope reports times as unix seconds
@@ -80,7 +80,7 @@ def _file_entry(f: RepoFile, revision: str) -> dict[str, object]:
     }
 
 
-class FakeModelScope(LoopbackServer):
+class FakeModelScope(ReceivesUploads, LoopbackServer):
     """Loopback ModelScope.  Use as a context manager; pass ``url`` as the client's endpoint.
 
     ``token``: when set, requests must carry it (cookie ``m_session_id`` or a Bearer header),
@@ -104,18 +104,6 @@ class FakeModelScope(LoopbackServer):
         self.route(("POST",), rf"/api/v1/repos/models/{repo}/info/lfs/objects/batch", self._batch)
         self.route(("PUT",), r"/_oss/(?P<oid>[0-9a-f]{64})", self._put_blob)
         self.route(("POST",), rf"/api/v1/repos/models/{repo}/commit/(?P<rev>[^/]+)", self._commit)
-
-    def stop(self) -> None:
-        super().stop()
-        self.uploads.close()
-
-    @property
-    def commits(self) -> list[PushedCommit]:
-        return self.uploads.commits
-
-    def pushed_bytes(self, repo_id: str, path: str) -> bytes:
-        """The content of a file of model ``repo_id`` as the last commit left it."""
-        return self.repos[("model", repo_id)].files[path].source.read_bytes()
 
     def add_repo(
         self, repo_id: str, root: Path, repo_type: str = "model", sha: str | None = None

@@ -80,3 +80,23 @@ class UploadStore:
             serve(sha)
             self.commits.append(PushedCommit(repo.repo_id, sha, summary, sorted(contents)))
         return sha
+
+
+class ReceivesUploads:
+    """What a test reads of a fake hub's pushes, for a server class that lists it first in its
+    bases and sets `uploads` (an UploadStore) and `repos` (keyed (repo_type, repo_id))."""
+
+    uploads: UploadStore
+    repos: dict[tuple[str, str], LocalRepo]
+
+    def stop(self) -> None:
+        super().stop()  # type: ignore[misc]  # the server's own stop, next in the MRO
+        self.uploads.close()
+
+    @property
+    def commits(self) -> list[PushedCommit]:
+        return self.uploads.commits
+
+    def pushed_bytes(self, repo_id: str, path: str, repo_type: str = "model") -> bytes:
+        """The content of a file as the last commit to ``repo_id`` left it."""
+        return self.repos[(repo_type, repo_id)].files[path].source.read_bytes()
