@@ -36,6 +36,7 @@ from tests.export_helpers import SMOLLM2_ID, make_lora_workspace
 from tests.fakes.hf_hub import FakeHFHub
 from tests.fakes.modelscope_hub import FakeModelScope
 from tests.fakes.server import Fault
+from tests.fakes.uploads import ReceivesUploads
 
 TOKEN = "hf_pushSecret0123456789abcdef"
 MS_TOKEN = "ms-pushSecret-0123-4567-89ab-cdef01234567"
@@ -116,6 +117,12 @@ def _all_files(manifest: ExportManifest, formats: list[str] | None = None) -> di
     }
 
 
+def assert_arrived(hub: ReceivesUploads, repo_id: str, expected: dict[str, str]) -> None:
+    """Every file of `expected` (path -> sha256) is in `repo_id` on `hub`, byte for byte."""
+    for path, sha256 in expected.items():
+        assert hashlib.sha256(hub.pushed_bytes(repo_id, path)).hexdigest() == sha256, path
+
+
 def test_push_uploads_every_artefact_byte_identical(
     hub: FakeHFHub,
     exports: tuple[Path, ExportManifest],
@@ -132,8 +139,7 @@ def test_push_uploads_every_artefact_byte_identical(
     assert len(hub.commits) == 1, "every artefact goes up in one commit"
     expected = _all_files(manifest)
     assert sorted(hub.commits[0].paths) == sorted(expected)
-    for path, sha256 in expected.items():
-        assert hashlib.sha256(hub.pushed_bytes(REPO, path)).hexdigest() == sha256, path
+    assert_arrived(hub, REPO, expected)
     # Weights and the GGUF went through LFS (batch, PUT, verify); small text inline.
     lfs_puts = hub.requests("/_lfs/upload/", "PUT")
     sizes = {r.path.rsplit("/", 1)[1]: int(r.headers["content-length"]) for r in lfs_puts}
@@ -237,8 +243,7 @@ def test_503_on_commit_is_retried(
     assert [r.status for r in commits] == [503, 200]
     assert slept == [0.0]
     assert len(hub.commits) == 1 and record.commit_sha == hub.commits[0].sha
-    for path, sha256 in _all_files(manifest).items():
-        assert hashlib.sha256(hub.pushed_bytes(REPO, path)).hexdigest() == sha256
+    assert_arrived(hub, REPO, _all_files(manifest))
 
 
 def test_401_is_not_retried_and_the_error_hides_the_token(
@@ -282,8 +287,7 @@ def test_both_hubs_in_one_push_survive_in_the_manifest(
     assert hf_record.commit_sha == hub.commits[0].sha and ms_record.commit_sha is None
     expected = _all_files(manifest)
     assert sorted(hub.commits[0].paths) == sorted(ms.commits[0].paths) == sorted(expected)
-    for path, sha256 in expected.items():
-        assert hashlib.sha256(ms.pushed_bytes("them/smol", path)).hexdigest() == sha256, path
+    assert_arrived(ms, "them/smol", expected)
     # Each hub saw its own token only.
     assert {r.auth for r in hub.records if "/_lfs/upload/" not in r.path} == {f"Bearer {TOKEN}"}
     assert {r.auth for r in ms.records} == {f"Bearer {MS_TOKEN}"}
@@ -326,8 +330,7 @@ def test_modelscope_push_uploads_every_artefact_byte_identical(
     assert len(ms.commits) == 1, "every artefact goes up in one commit"
     expected = _all_files(manifest)
     assert sorted(ms.commits[0].paths) == sorted(expected)
-    for path, sha256 in expected.items():
-        assert hashlib.sha256(ms.pushed_bytes(REPO, path)).hexdigest() == sha256, path
+    assert_arrived(ms, REPO, expected)
     assert ms.visibility == {REPO: MS_PRIVATE}, "a repository we create is private"
     # Weights and the GGUF went as blobs (one batch negotiation, one PUT each); text inline.
     [batch] = ms.requests(r"/info/lfs/objects/batch$", "POST")
@@ -389,8 +392,7 @@ def test_modelscope_503_on_commit_is_retried(
     commits = ms.requests(r"/commit/master$", "POST")
     assert [r.status for r in commits] == [503, 200]
     assert len(ms.commits) == 1
-    for path, sha256 in _all_files(manifest).items():
-        assert hashlib.sha256(ms.pushed_bytes(REPO, path)).hexdigest() == sha256
+    assert_arrived(ms, REPO, _all_files(manifest))
 
 
 def test_modelscope_503_on_create_is_retried_by_our_policy(
