@@ -26,6 +26,7 @@ from bootstrap.config import load_config
 from bootstrap.detect import detect
 from bootstrap.errors import ConfigError, EnvironmentUnfit, TrainingFailed
 from bootstrap.plan import Plan, build_plan
+from bootstrap.train.backends import TrlBackend
 from bootstrap.train.caches import CACHE_DIRS
 from bootstrap.train.grpo import (
     RECIPE_BETA,
@@ -170,6 +171,30 @@ def test_compile_caches_were_pointed_into_the_workspace(flow: dict[str, Any]) ->
     cache_root = flow["ws"].cache
     assert flow["caches"] == {name: str(cache_root / d) for name, d in CACHE_DIRS.items()}
     assert all((cache_root / d).is_dir() for d in CACHE_DIRS.values())
+
+
+def test_caches_an_engine_moved_while_the_model_loaded_are_the_workspaces_again(
+    tmp_path: Path, tiny_qwen2_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An in-process vLLM engine points Triton and Inductor at its own directories while it
+    starts, differently on a first launch and a relaunch (caches.py): training must still
+    compile into, and find its kernels in, the workspace's."""
+    ws = make_workspace(tmp_path / "ws", tiny_qwen2_dir)
+    for name in CACHE_DIRS:
+        monkeypatch.delenv(name, raising=False)
+    engine = tmp_path / "vllm" / "torch_compile_cache"
+    load = TrlBackend.load
+
+    def load_starting_an_engine(self: TrlBackend) -> tuple[Any, Any, Any]:
+        loaded = load(self)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(engine / "inductor_cache")
+        os.environ["TRITON_CACHE_DIR"] = str(engine / "triton_cache")
+        return loaded
+
+    monkeypatch.setattr(TrlBackend, "load", load_starting_an_engine)
+    train(make_plan(ws, max_steps=1, save_steps=1), ws, show_progress=False)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(ws.cache / "torchinductor")
+    assert os.environ["TRITON_CACHE_DIR"] == str(ws.cache / "triton")
 
 
 def test_samples_show_the_question_answered_without_and_with_the_lora(flow: dict[str, Any]) -> None:

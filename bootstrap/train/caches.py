@@ -9,12 +9,17 @@ pre-emption compiles nothing again.
 
 A variable already set wins (the image sets them to /workspace/cache, which every job in the
 container shares); only unset ones are pointed into the workspace.  Unsloth reads its variable
-when it is imported, so this runs before any backend is imported; and importing Unsloth removes
-TORCHINDUCTOR_CACHE_DIR from the environment (unsloth_zoo's patch_torch_compile, 2026.10), which
-would send torch.compile's cache back to /tmp, so `restore_caches` puts it back afterwards.
-When vLLM runs in the same process it points TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR at
-its own <VLLM_CACHE_ROOT>/torch_compile_cache/<hash>/ while it starts, so with vLLM the
-training's kernels land there: still in the workspace.
+when it is imported, so this runs before any backend is imported.  Two libraries then move the
+variables, and `restore_caches` puts them back each time:
+- importing Unsloth removes TORCHINDUCTOR_CACHE_DIR (unsloth_zoo's patch_torch_compile, 2026.10),
+  which would send torch.compile's cache back to /tmp;
+- an in-process vLLM engine points TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR into
+  <VLLM_CACHE_ROOT>/torch_compile_cache/ while it starts, and which of its directories it leaves
+  set depends on whether it compiled its model or loaded it from that cache (vLLM 0.24's
+  compiler_interface.py, decorators.py, caching.py).  Training after it would write its kernels
+  to one directory on the first launch and look for them in another on the relaunch: on an H100
+  a relaunch compiled 27 Triton kernels again in its first step.  So the variables are put back
+  once the model (and vLLM with it) is loaded, before the first step.
 """
 
 from __future__ import annotations

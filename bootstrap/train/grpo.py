@@ -26,7 +26,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -337,13 +337,15 @@ def _run_trainer(
     backend: Backend,
     resume: Path | None,
     show_progress: bool,
+    caches: Mapping[str, str],
     overrides: dict[str, Any] | None = None,
     stop_file: Path | None = None,
 ) -> tuple[Any, Any, int]:
     """Load, train (resuming from `resume`), stop on a signal. Returns (model, tokenizer, step).
 
-    `overrides` are GRPOConfig fields the launcher decides (vLLM server mode); `stop_file` is
-    the launcher's stop request (see StopRequest)."""
+    `caches` are the compile-cache variables training must use (see caches.py); `overrides`
+    are GRPOConfig fields the launcher decides (vLLM server mode); `stop_file` is the
+    launcher's stop request (see StopRequest)."""
     from bootstrap.train.backends import bitsandbytes_usable, cuda_available, limit_gpu_memory
     from bootstrap.train.rewards import REWARD_FUNCS
 
@@ -351,6 +353,7 @@ def _run_trainer(
     with request.installed():
         limit_gpu_memory(settings)
         model, tokenizer, peft_config = backend.load()
+        restore_caches(caches)  # an in-process vLLM engine re-points Triton and Inductor
         from transformers import PrinterCallback
         from trl import GRPOConfig  # after backend.load(): unsloth (if used) is imported first
 
@@ -473,13 +476,10 @@ def train(plan: Plan, workspace: Workspace, *, show_progress: bool = True) -> Tr
 
     # Unsloth and some libraries print banners on stdout, which `--json` reserves for its document.
     with contextlib.redirect_stdout(sys.stderr):
-        backend = make_backend(
-            plan.backend, plan.config.backend, settings.vllm, settings, model_dir
-        )
-        restore_caches(caches)  # importing unsloth drops TORCHINDUCTOR_CACHE_DIR
+        backend = _make_backend(plan, settings, model_dir, caches)
         with _training_errors(workspace):
             model, tokenizer, step = _run_trainer(
-                settings, workspace, backend, resume, show_progress
+                settings, workspace, backend, resume, show_progress, caches
             )
             with _staging_dir(workspace.lora) as tmp:
                 backend.save_adapter(model, tokenizer, tmp)
@@ -508,15 +508,14 @@ def train_rank(
     """
     settings = plan.require_training()
     main = C.process_rank() == 0
+    caches = use_workspace_caches(workspace.cache)  # the launcher's, inherited: read back
     with contextlib.redirect_stdout(sys.stderr):
-        backend = make_backend(
-            plan.backend, plan.config.backend, settings.vllm, settings,
-            workspace.model_dir(plan.config.model),
-        )  # fmt: skip
+        backend = _make_backend(plan, settings, workspace.model_dir(plan.config.model), caches)
         with _training_errors(workspace):
             model, tokenizer, step = _run_trainer(
-                settings, workspace, backend, resume, show_progress and main, overrides, stop_file
-            )
+                settings, workspace, backend, resume, show_progress and main, caches,
+                overrides, stop_file,
+            )  # fmt: skip
             if main:
                 _lora_from_checkpoint(workspace.checkpoints / f"checkpoint-{step}", workspace.lora)
         samples = None
@@ -527,6 +526,14 @@ def train_rank(
             log.info("LoRA adapter saved to %s", workspace.lora)
             samples = _samples(backend, model, tokenizer, settings, workspace, step)
     return step, samples, backend.reason
+
+
+def _make_backend(
+    plan: Plan, settings: TrainConfig, model_dir: Path, caches: Mapping[str, str]
+) -> Backend:
+    backend = make_backend(plan.backend, plan.config.backend, settings.vllm, settings, model_dir)
+    restore_caches(caches)  # importing unsloth drops TORCHINDUCTOR_CACHE_DIR
+    return backend
 
 
 @contextlib.contextmanager
