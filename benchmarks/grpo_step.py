@@ -95,6 +95,17 @@ def summarise(lines: list[dict[str, Any]], baseline_used: int | None) -> dict[st
     }
 
 
+def cache_files(root: Path) -> dict[str, int]:
+    """How many files each of the workspace's cache directories holds."""
+    if not root.is_dir():
+        return {}
+    return {
+        directory.name: sum(1 for path in directory.rglob("*") if path.is_file())
+        for directory in sorted(root.iterdir())
+        if directory.is_dir()
+    }
+
+
 def child(args: argparse.Namespace) -> int:
     """One variant in this process: build a workspace, train, write the summary JSON."""
     from bootstrap.config import load_config
@@ -135,8 +146,13 @@ def child(args: argparse.Namespace) -> int:
     config = load_config(flags=flags).config
     plan = build_plan(config, detect(config))
     baseline = nvml_used_bytes(0) if on_cuda else None
+    cached_before = cache_files(ws.cache)
     started, started_wall = time.perf_counter(), time.time()
     result = train(plan, ws, show_progress=False)
+    # What this launch had to compile and write: a fully warm relaunch writes (almost) nothing.
+    written = {
+        name: count - cached_before.get(name, 0) for name, count in cache_files(ws.cache).items()
+    }
     launch = [line for line in read_metrics(ws.metrics) if line["step"] > args.relaunch_after]
     # Loading, vLLM's engine start (its compile and CUDA graphs) and the first step: what a
     # user waits for after a (re)launch.
@@ -152,6 +168,7 @@ def child(args: argparse.Namespace) -> int:
         "max_completion_length": plan.training.max_completion_length,
         "lora_rank": plan.training.lora_rank,
         "gpu_memory_limit_gib": plan.training.gpu_memory_limit_gib,
+        "cache_files_written": written,
         **summarise(launch, baseline),
     }
     args.result.write_text(json.dumps(summary, indent=2))
@@ -275,21 +292,32 @@ def render_relaunch(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:
     lines = [
         "Warm start: the same workspace launched again, resuming from its checkpoint",
         "",
-        "| variant | first step (s): first launch | relaunch | cold / warm "
-        "| launch to end of first step (s): first launch | relaunch | cold / warm |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        (
+            "| variant | first step (s): first launch | relaunch | cold / warm "
+            "| launch to end of first step (s): first launch | relaunch | cold / warm "
+            "| cache files written: first launch | relaunch |"
+        ),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for first, again in pairs:
         if "error" in first or "error" in again:
-            lines.append(f"| {first['variant']} | failed (see the logs) | | | | | |")
+            lines.append(f"| {first['variant']} | failed (see the logs) | | | | | | | |")
             continue
         cells = [first["variant"]]
         for key in ("first_step_s", "launch_to_first_step_s"):
             cold, warm = first[key], again[key]
             ratio = cold / warm if cold and warm else None
             cells += [_fmt(cold, ".1f"), _fmt(warm, ".1f"), f"{_fmt(ratio, '.2f')}x"]
+        cells += [_written(first), _written(again)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _written(row: dict[str, Any]) -> str:
+    """`12 (triton 10, vllm 2)`: new files in the workspace's caches, by directory."""
+    written = {name: n for name, n in row["cache_files_written"].items() if n}
+    parts = ", ".join(f"{name} {n}" for name, n in written.items())
+    return f"{sum(written.values())}" + (f" ({parts})" if parts else "")
 
 
 def _device_name(on_cuda: bool) -> str:
