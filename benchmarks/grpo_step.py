@@ -12,7 +12,9 @@ loaded, which includes vLLM's pre-allocated pool).
 
 `--relaunch` then starts each variant a second time on the same workspace, as a restart after
 pre-emption would: it resumes from the last checkpoint with the compile caches the first launch
-left in <workspace>/cache, and its first step is printed beside the first launch's.
+left in <workspace>/cache, and its first step is printed beside the first launch's, with the
+number of files each launch wrote into those caches (a warm relaunch compiles, so writes, almost
+nothing).
 `--gpu-memory-limit-gib 15 --profile gpu-16gb` runs the 16 GB (T4) profile held to a T4's
 15 GiB; without `--profile` the settings below are the issue's comparison config.
 
