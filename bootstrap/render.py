@@ -9,6 +9,7 @@ from rich.table import Table
 
 from bootstrap.detect import Detection
 from bootstrap.plan import Plan
+from bootstrap.train.backends import vllm_share
 
 if TYPE_CHECKING:
     from bootstrap.evaluate import EvalReport
@@ -91,7 +92,7 @@ def plan(result: Plan) -> None:
         summary.add_row("steps", f"{t.max_steps} (checkpoint every {t.save_steps}), lr {t.learning_rate:g}")
         if result.backend.generation == "vllm" or t.gpu_memory_limit_gib:
             budget = f"{t.gpu_memory_limit_gib:g} GiB (gpu_memory_limit_gib)" if t.gpu_memory_limit_gib else "the whole GPU"
-            share = f"; vLLM takes {t.gpu_memory_utilization or 0.5:g} of it" if result.backend.generation == "vllm" else ""
+            share = f"; vLLM takes {vllm_share(t):g} of it" if result.backend.generation == "vllm" else ""
             summary.add_row("GPU memory", budget + share)
         if result.launch:
             _launch_rows(summary, result)

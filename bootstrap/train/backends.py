@@ -107,11 +107,18 @@ def limit_gpu_memory(settings: TrainConfig) -> float | None:
     return fraction
 
 
+DEFAULT_VLLM_SHARE = 0.5  # the notebook's, where neither the profile nor the user sets one
+
+
+def vllm_share(settings: TrainConfig) -> float:
+    """The share of what this job may use (the card, or the cap) that vLLM takes."""
+    return settings.gpu_memory_utilization or DEFAULT_VLLM_SHARE
+
+
 def vllm_memory_utilization(settings: TrainConfig) -> float:
-    """vLLM's gpu_memory_utilization, which is a fraction of the whole card: the configured
-    share of what this job may use (the card, or the cap)."""
-    share = settings.gpu_memory_utilization or 0.5
-    return share * _card_fraction(settings.gpu_memory_limit_gib)
+    """vLLM's gpu_memory_utilization, which is a fraction of the whole card: `vllm_share` of
+    what this job may use."""
+    return vllm_share(settings) * _card_fraction(settings.gpu_memory_limit_gib)
 
 
 class Backend(ABC):
