@@ -197,6 +197,25 @@ def test_caches_an_engine_moved_while_the_model_loaded_are_the_workspaces_again(
     assert os.environ["TRITON_CACHE_DIR"] == str(ws.cache / "triton")
 
 
+def test_training_keys_compiled_regions_by_kernel_not_by_side_table_position(
+    tmp_path: Path, tiny_qwen2_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train() applies compile_keys' fix before any model is built (test_compile_keys.py shows
+    what it changes)."""
+    from torch._functorch._aot_autograd.autograd_cache import AOTAutogradCachePickler
+
+    from bootstrap.train import compile_keys
+
+    # Undo an earlier in-process run's patch for this test only.
+    monkeypatch.delattr(AOTAutogradCachePickler, compile_keys._PATCHED, raising=False)
+    monkeypatch.setattr(
+        AOTAutogradCachePickler, "reducer_override", AOTAutogradCachePickler.reducer_override
+    )
+    ws = make_workspace(tmp_path / "ws", tiny_qwen2_dir)
+    train(make_plan(ws, max_steps=1, save_steps=1), ws, show_progress=False)
+    assert getattr(AOTAutogradCachePickler, compile_keys._PATCHED) is True
+
+
 def test_samples_show_the_question_answered_without_and_with_the_lora(flow: dict[str, Any]) -> None:
     text = flow["ws"].samples.read_text()
     assert "How many r's are in strawberry?" in text

@@ -38,6 +38,7 @@ from bootstrap.errors import BootstrapError, ConfigError, Interrupted, TrainingF
 from bootstrap.plan import Plan
 from bootstrap.train.backends import ADAPTER_FILES, TOKENIZER_FILES, Backend, make_backend
 from bootstrap.train.caches import restore_caches, use_workspace_caches
+from bootstrap.train.compile_keys import stabilise_autograd_cache_keys
 from bootstrap.train.metrics import metrics_callback, prune_metrics
 from bootstrap.train.paged_state import resumed_state_callback
 from bootstrap.train.samples import write_samples
@@ -533,6 +534,7 @@ def _make_backend(
 ) -> Backend:
     backend = make_backend(plan.backend, plan.config.backend, settings.vllm, settings, model_dir)
     restore_caches(caches)  # importing unsloth drops TORCHINDUCTOR_CACHE_DIR
+    stabilise_autograd_cache_keys()  # else a relaunch re-traces Unsloth's compiled blocks
     return backend
 
 
