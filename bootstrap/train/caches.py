@@ -8,8 +8,12 @@ directory or /tmp, which a container restart or a fresh cloud instance loses.  P
 pre-emption compiles nothing again.
 
 A variable already set wins (the image sets them to /workspace/cache, which every job in the
-container shares); only unset ones are pointed into the workspace.  Unsloth reads its variable
-when it is imported, so this runs before any backend is imported.  Two libraries then move the
+container shares); only unset ones are pointed into the workspace.  Values a library set earlier
+in the same process are not a user's choice and do not win: importing torch._dynamo (as
+transformers, TRL and vLLM do) sets TORCHINDUCTOR_CACHE_DIR to torch's /tmp default, and an
+evaluation's vLLM engine leaves Inductor and Triton pointed into its own directory (below), so
+`grpo-bootstrap run` would otherwise train with those.  Unsloth reads its variable when it is
+imported, so this runs before any backend is imported.  Two libraries then move the
 variables, and `restore_caches` puts them back each time:
 - importing Unsloth removes TORCHINDUCTOR_CACHE_DIR (unsloth_zoo's patch_torch_compile, 2026.10),
   which would send torch.compile's cache back to /tmp;
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
@@ -43,6 +48,8 @@ CACHE_DIRS: dict[str, str] = {
     "UNSLOTH_MEGA_CACHE_DIR": "unsloth_mega_cache",
     "CUDA_CACHE_PATH": "nv-compute",  # the driver's JIT cache for PTX
 }
+# The variables an in-process vLLM engine points into <VLLM_CACHE_ROOT>/torch_compile_cache.
+VLLM_MOVED = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
 
 
 def use_workspace_caches(
@@ -50,13 +57,15 @@ def use_workspace_caches(
 ) -> dict[str, str]:
     """Point every compile cache that is not configured yet at a directory under `root`.
 
-    Creates the directories.  Variables already set are left alone (logged at debug level).
-    Returns every cache variable's value now in effect, for `restore_caches`.
+    Creates the directories.  Variables already set are left alone (logged at debug level),
+    unless torch or vLLM set them (module docstring).  Returns every cache variable's value now
+    in effect, for `restore_caches`.
     """
     env = os.environ if environ is None else environ
+    vllm_root = Path(env.get("VLLM_CACHE_ROOT") or root / CACHE_DIRS["VLLM_CACHE_ROOT"])
     chosen: list[str] = []
     for variable, name in CACHE_DIRS.items():
-        if env.get(variable):
+        if env.get(variable) and not _set_by_a_library(variable, env[variable], vllm_root):
             log.debug("%s already set to %s: left as is", variable, env[variable])
             continue
         directory = root / name
@@ -66,6 +75,16 @@ def use_workspace_caches(
     if chosen:
         log.info("compile caches in %s (%s)", root, ", ".join(sorted(chosen)))
     return {variable: env[variable] for variable in CACHE_DIRS}
+
+
+def _set_by_a_library(variable: str, value: str, vllm_root: Path) -> bool:
+    if variable in VLLM_MOVED and Path(value).is_relative_to(vllm_root / "torch_compile_cache"):
+        return True
+    if variable == "TORCHINDUCTOR_CACHE_DIR" and "torch" in sys.modules:  # else torch set nothing
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        return value == default_cache_dir()
+    return False
 
 
 def restore_caches(
