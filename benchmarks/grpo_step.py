@@ -14,7 +14,8 @@ loaded, which includes vLLM's pre-allocated pool).
 pre-emption would: it resumes from the last checkpoint with the compile caches the first launch
 left in <workspace>/cache, and its first step is printed beside the first launch's, with the
 number of files each launch wrote into those caches (a warm relaunch compiles, so writes, almost
-nothing).
+nothing) and how AOTAutograd's on-disk cache served the graphs each launch compiled (a warm
+relaunch finds every cacheable one).
 `--gpu-memory-limit-gib 15 --profile gpu-16gb` runs the 16 GB (T4) profile held to a T4's
 15 GiB; without `--profile` the settings below are the issue's comparison config.
 
@@ -108,6 +109,15 @@ def cache_files(root: Path) -> dict[str, int]:
     }
 
 
+def aot_cache_use() -> dict[str, int]:
+    """How AOTAutograd's on-disk cache served this process's torch.compile graphs: found
+    (hit), compiled and stored (miss), or not cacheable (bypass)."""
+    from torch._dynamo.utils import counters
+
+    aot = counters["aot_autograd"]
+    return {k: aot[f"autograd_cache_{k}"] for k in ("hit", "miss", "bypass")}
+
+
 def child(args: argparse.Namespace) -> int:
     """One variant in this process: build a workspace, train, write the summary JSON."""
     from bootstrap.config import load_config
@@ -171,6 +181,7 @@ def child(args: argparse.Namespace) -> int:
         "lora_rank": plan.training.lora_rank,
         "gpu_memory_limit_gib": plan.training.gpu_memory_limit_gib,
         "cache_files_written": written,
+        "aot_cache": aot_cache_use(),
         **summarise(launch, baseline),
     }
     args.result.write_text(json.dumps(summary, indent=2))
@@ -297,20 +308,21 @@ def render_relaunch(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:
         (
             "| variant | first step (s): first launch | relaunch | cold / warm "
             "| launch to end of first step (s): first launch | relaunch | cold / warm "
-            "| cache files written: first launch | relaunch |"
+            "| cache files written: first launch | relaunch "
+            "| AOTAutograd cache hit / miss / bypass: first launch | relaunch |"
         ),
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for first, again in pairs:
         if "error" in first or "error" in again:
-            lines.append(f"| {first['variant']} | failed (see the logs) | | | | | | | |")
+            lines.append(f"| {first['variant']} | failed (see the logs) | | | | | | | | | |")
             continue
         cells = [first["variant"]]
         for key in ("first_step_s", "launch_to_first_step_s"):
             cold, warm = first[key], again[key]
             ratio = cold / warm if cold and warm else None
             cells += [_fmt(cold, ".1f"), _fmt(warm, ".1f"), f"{_fmt(ratio, '.2f')}x"]
-        cells += [_written(first), _written(again)]
+        cells += [_written(first), _written(again), _aot(first), _aot(again)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -320,6 +332,11 @@ def _written(row: dict[str, Any]) -> str:
     written = {name: n for name, n in row["cache_files_written"].items() if n}
     parts = ", ".join(f"{name} {n}" for name, n in written.items())
     return f"{sum(written.values())}" + (f" ({parts})" if parts else "")
+
+
+def _aot(row: dict[str, Any]) -> str:
+    use = row["aot_cache"]
+    return f"{use['hit']} / {use['miss']} / {use['bypass']}"
 
 
 def _device_name(on_cuda: bool) -> str:
