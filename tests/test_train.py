@@ -206,7 +206,8 @@ def test_training_keys_compiled_regions_by_kernel_not_by_side_table_position(
 
     from bootstrap.train import compile_keys
 
-    # Undo an earlier in-process run's patch for this test only.
+    # An earlier in-process train() may have applied the fix: without its mark, train() must
+    # apply it again; monkeypatch then puts the class back as it was before this test.
     monkeypatch.delattr(AOTAutogradCachePickler, compile_keys._PATCHED, raising=False)
     monkeypatch.setattr(
         AOTAutogradCachePickler, "reducer_override", AOTAutogradCachePickler.reducer_override

@@ -78,6 +78,9 @@ def use_workspace_caches(
 
 
 def _set_by_a_library(variable: str, value: str, vllm_root: Path) -> bool:
+    """A directory vLLM's engine or torch's import leaves behind.  torch's default is taken for
+    its own even when a user typed it: the workspace is then used instead, which a user who
+    wants /tmp can avoid by naming any other directory."""
     if variable in VLLM_MOVED and Path(value).is_relative_to(vllm_root / "torch_compile_cache"):
         return True
     if variable == "TORCHINDUCTOR_CACHE_DIR" and "torch" in sys.modules:  # else torch set nothing
