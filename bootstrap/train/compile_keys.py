@@ -15,7 +15,8 @@ Measured on an H100 (torch 2.11, Unsloth 2026.10.9, random Qwen2.5-3B, 16 GB pro
 relaunch found 2 of its 6 cacheable regions and ran AOTAutograd again for the other 4 (6.9 s
 of AOTAutograd, hits included, in its 21 s first step); the next relaunch found 3.  Dropping
 the numbers from the key, as the FX graph cache does, makes a region's key the same in every
-process.  Graphs without such nodes keep torch's own key.
+process: with it, on an H200, the relaunch found all 6 and its first step went from 32.3 s
+(first launch) to 11.7 s.  Graphs without such nodes keep torch's own key.
 """
 
 from __future__ import annotations
