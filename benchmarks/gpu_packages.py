@@ -169,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--wheels", type=Path, help="keep the downloaded wheels here")
     args = parser.parse_args(argv)
+    for option, path in (("--have", args.have), ("--lock", args.lock)):
+        if not path.is_file():
+            parser.error(f"{option} {path}: no such file")
+    if args.part_mib < 1:
+        parser.error("--part-mib must be at least 1")
 
     pins = wanted(read_lock(args.lock), read_have(args.have), args.upgrade or ["peft"])
     print(f"{len(pins)} packages to carry", file=sys.stderr)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.gpu_packages import PRUNE, SKIP, prune, read_have, read_lock, wanted
+from benchmarks.gpu_packages import PRUNE, SKIP, main, prune, read_have, read_lock, wanted
 
 LOCK = Path(__file__).resolve().parents[1] / "images" / "cu130.lock"
 
@@ -60,3 +60,27 @@ def test_prune_keeps_the_machines_cuda_library_and_the_code(tmp_path: Path) -> N
         "vllm/__init__.py",
     ]
     assert freed == 10 * (len(PRUNE) + 2)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--have", "missing.txt"], "--have missing.txt: no such file"),
+        (["--have", "have.txt", "--lock", "none.lock"], "--lock none.lock: no such file"),
+        (["--have", "have.txt", "--part-mib", "0"], "--part-mib must be at least 1"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_download(
+    args: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "have.txt").write_text("torch==2.11.0\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [tmp_path / "have.txt"]  # no wheels, no parts
