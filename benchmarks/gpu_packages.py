@@ -20,7 +20,6 @@ For cu130 on an H200 with torch 2.11 this gives about 760 MB unpacked, 158 MiB p
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import re
 import shutil
 import subprocess
@@ -109,7 +108,7 @@ def prune(site: Path, cuda: str) -> int:
     doomed += [
         path
         for path in (site / "bitsandbytes").glob("libbitsandbytes_*.so")
-        if not fnmatch.fnmatch(path.name, f"libbitsandbytes_cuda{cuda}.so")
+        if path.name != f"libbitsandbytes_cuda{cuda}.so"
     ]
     doomed += list(site.rglob("__pycache__"))
     freed = 0
@@ -124,23 +123,21 @@ def prune(site: Path, cuda: str) -> int:
 
 
 def pack(site: Path, prefix: Path, part_bytes: int) -> list[Path]:
-    """`site` as one xz tarball in parts `<prefix>N/p`; returns the parts."""
-    with tempfile.TemporaryDirectory() as scratch:
-        tarball = Path(scratch) / "site.tar.xz"
-        with tarball.open("wb") as out:
-            tar = subprocess.Popen(
-                ["tar", "-cf", "-", "-C", str(site.parent), site.name], stdout=subprocess.PIPE
-            )
-            subprocess.run(["xz", "-T0", "-6"], stdin=tar.stdout, stdout=out, check=True)
-            if tar.wait() != 0:
-                raise SystemExit("error: tar failed")
-        parts = []
-        with tarball.open("rb") as source:
-            while chunk := source.read(part_bytes):
-                part = Path(f"{prefix}{len(parts) + 1}") / "p"
-                part.parent.mkdir(parents=True, exist_ok=True)
-                part.write_bytes(chunk)
-                parts.append(part)
+    """`site` as one xz tarball, streamed into parts `<prefix>N/p`; returns the parts."""
+    tar = subprocess.Popen(
+        ["tar", "-cf", "-", "-C", str(site.parent), site.name], stdout=subprocess.PIPE
+    )
+    xz = subprocess.Popen(["xz", "-T0", "-6"], stdin=tar.stdout, stdout=subprocess.PIPE)
+    assert tar.stdout is not None and xz.stdout is not None
+    tar.stdout.close()  # xz holds the pipe now; tar sees it close if xz dies
+    parts = []
+    while chunk := xz.stdout.read(part_bytes):
+        part = Path(f"{prefix}{len(parts) + 1}") / "p"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.write_bytes(chunk)
+        parts.append(part)
+    if xz.wait() != 0 or tar.wait() != 0:
+        raise SystemExit("error: packing failed (tar or xz); the parts written are incomplete")
     return parts
 
 

@@ -3,11 +3,12 @@ what is cut from the installed tree."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from benchmarks.gpu_packages import PRUNE, SKIP, main, prune, read_have, read_lock, wanted
+from benchmarks.gpu_packages import PRUNE, SKIP, main, pack, prune, read_have, read_lock, wanted
 
 LOCK = Path(__file__).resolve().parents[1] / "images" / "cu130.lock"
 
@@ -84,3 +85,21 @@ def test_bad_arguments_are_refused_before_any_download(
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [tmp_path / "have.txt"]  # no wheels, no parts
+
+
+def test_parts_joined_unpack_to_the_same_tree(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    (site / "pkg").mkdir(parents=True)
+    (site / "pkg" / "data.bin").write_bytes(bytes(range(256)) * 64)  # 16 KiB, xz keeps ~1 KiB
+    (site / "pkg" / "__init__.py").write_text("x = 1\n")
+
+    parts = pack(site, tmp_path / "out" / ".g", part_bytes=200)
+
+    assert len(parts) > 1 and all(p.stat().st_size <= 200 for p in parts)
+    assert parts[0] == tmp_path / "out" / ".g1" / "p"
+    joined = b"".join(p.read_bytes() for p in parts)
+    dest = tmp_path / "unpacked"
+    dest.mkdir()
+    subprocess.run(["tar", "-xJ", "-C", str(dest)], input=joined, check=True)
+    for name in ("pkg/data.bin", "pkg/__init__.py"):
+        assert (dest / "site" / name).read_bytes() == (site / name).read_bytes()
