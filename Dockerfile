@@ -1,10 +1,10 @@
 # syntax=docker/dockerfile:1
 # grpo-bootstrap: a CUDA image that turns a GPU box into a GRPO-trained model with one command.
-# Variants, versions and why: images/README.md.  Default: CUDA 13.0 (drivers >= 580).
+# Variants, versions and why: images/README.md.  Default: CUDA 13.0 (drivers >= 580);
+# cu128 for drivers 525-579 (CUDA 12).
 #
 #   docker build -t grpo-bootstrap:cu130 .
-#   docker build -t grpo-bootstrap:cu128 --build-arg VARIANT=cu128 --build-arg CUDA_VERSION=12.8.1 \
-#       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
+#   docker build -t grpo-bootstrap:cu128 --build-arg VARIANT=cu128 --build-arg CUDA_VERSION=12.8.1 .
 #   cn build: add --build-arg PIP_INDEX_URL=https://mirrors.aliyun.com/pypi/simple/ \
 #             --build-arg APT_MIRROR=http://mirrors.aliyun.com/ubuntu/
 #
@@ -28,6 +28,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
 # so it is dropped: one less host that a mainland build would have to reach.
 # Ubuntu's archive keeps only the current build of each package, so apt versions are not pinned:
 # the base image tag and the Python lock carry the reproducibility.
+# aria2: the multi-connection downloader fetch drives on HF-API mirrors that cap each connection.
 # hadolint ignore=DL3008
 RUN rm -f /etc/apt/sources.list.d/cuda*.list \
  && if [ -n "${APT_MIRROR}" ]; then \
@@ -36,7 +37,7 @@ RUN rm -f /etc/apt/sources.list.d/cuda*.list \
     fi \
  && apt-get update \
  && apt-get install -y --no-install-recommends \
-        python3.12 python3.12-venv ca-certificates libgomp1 tini \
+        python3.12 python3.12-venv ca-certificates libgomp1 tini aria2 \
  && rm -rf /var/lib/apt/lists/*
 
 # ---------------------------------------------------------------------------------------------
@@ -48,7 +49,8 @@ ARG CUDA_VERSION
 # PyPI's files, which mirrors copy byte for byte.  pip reads it from the environment (build
 # isolation's own installs included), so it is never left empty.
 ARG PIP_INDEX_URL=https://pypi.org/simple
-# Only for locks that pin PyTorch-index builds (cu128: torch 2.11.0+cu128).
+# Only for a lock made with uv's --torch-backend (builds from the PyTorch index); the locks
+# in images/ come from PyPI alone.
 ARG TORCH_INDEX_URL=
 ARG LLAMA_CPP_PYTHON_VERSION=0.3.36
 # A C/C++ toolchain for the one source build: llama-cpp-python (libllama, the GGUF quantiser).
@@ -103,9 +105,14 @@ COPY --chmod=0755 scripts/entrypoint.sh /usr/local/bin/grpo-entrypoint
 # workspace (models, data, checkpoints, state.json, exports), the hub caches and the compile
 # caches, so that a second launch starts warm.  NVLink multicast stays off for every NCCL user
 # (`train --gpus N` sets the same): on shared hosts it can take the host's GPUs out of service.
+# GRPO_BOOTSTRAP_IMAGE_VARIANT lets `detect` name the CUDA this image carries and the variant
+# to use instead when the host's driver is too old for it.
 ENV PATH=/opt/venv/bin:$PATH \
+    GRPO_BOOTSTRAP_IMAGE_VARIANT=${VARIANT} \
     GRPO_BOOTSTRAP_WORKSPACE=/workspace/job \
     HF_HOME=/workspace/cache/huggingface \
+    HF_HUB_CACHE=/workspace/cache/huggingface/hub \
+    HF_XET_CACHE=/workspace/cache/huggingface/xet \
     MODELSCOPE_CACHE=/workspace/cache/modelscope \
     XDG_CACHE_HOME=/workspace/cache \
     TORCHINDUCTOR_CACHE_DIR=/workspace/cache/torchinductor \
@@ -115,6 +122,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     UNSLOTH_MEGA_CACHE_DIR=/workspace/cache/unsloth_mega_cache \
     CUDA_CACHE_PATH=/workspace/cache/nv-compute \
     FLASHINFER_WORKSPACE_BASE=/workspace/cache/flashinfer \
+    MPLCONFIGDIR=/workspace/cache/matplotlib \
+    TRITON_HOME=/workspace/cache/triton-home \
+    VLLM_CONFIG_ROOT=/workspace/cache/vllm-config \
     NCCL_NVLS_ENABLE=0 \
     TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
     NVSHMEM_DISABLE_NVLS=1

@@ -122,7 +122,7 @@ def child(args: argparse.Namespace) -> int:
     """One variant in this process: build a workspace, train, write the summary JSON."""
     from bootstrap.config import load_config
     from bootstrap.detect import detect
-    from bootstrap.plan import build_plan
+    from bootstrap.planning.plan import build_plan
     from bootstrap.train.grpo import train
     from bootstrap.train.metrics import nvml_used_bytes, read_metrics
     from bootstrap.workspace import Workspace

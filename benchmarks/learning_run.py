@@ -39,7 +39,7 @@ def prepare(work: Path, rows: int) -> Path:
 def run(args: argparse.Namespace) -> Path:
     from bootstrap.config import load_config
     from bootstrap.detect import detect
-    from bootstrap.plan import build_plan
+    from bootstrap.planning.plan import build_plan
     from bootstrap.train.grpo import train
     from bootstrap.workspace import Workspace
 
@@ -68,13 +68,18 @@ def table(metrics: Path, window: int = 10) -> str:
         values = [r[key] for r in rows if r.get(key) is not None]
         return statistics.fmean(values) if values else float("nan")
 
-    out = [f"{len(lines)} steps; means of the first and last {window}", f"{'metric':32} {'first':>9} {'last':>9}"]
+    out = [
+        f"{len(lines)} steps; means of the first and last {window}",
+        f"{'metric':32} {'first':>9} {'last':>9}",
+    ]
     out += [f"{key:32} {mean(first, key):9.3f} {mean(last, key):9.3f}" for key in keys]
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--rows", type=int, default=800)
@@ -82,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=5e-6)
     parser.add_argument("--num-generations", type=int, default=8)
     parser.add_argument("--completion-length", type=int, default=200)
-    parser.add_argument("--one-shot", action="store_true", help="one worked example before each question")
+    parser.add_argument(
+        "--one-shot", action="store_true", help="one worked example before each question"
+    )
     parser.add_argument("--profile", default=None, help="cpu-smoke to check the script on a CPU")
     args = parser.parse_args(argv)
     print(table(run(args)))

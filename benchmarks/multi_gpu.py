@@ -38,7 +38,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.grpo_step import summarise
+from benchmarks.grpo_step import summarise  # noqa: E402 - importable once the root is on sys.path
 
 MODEL_ID = "benchmarks/random-qwen2.5-3b"
 

@@ -59,7 +59,7 @@ TRAINED_VOCAB = 4096
 def _corpus() -> list[str]:
     """GSM8K-shaped questions and answers plus the recipe's format, for the BPE merges."""
     sys.path.insert(0, str(REPO_ROOT))
-    from bootstrap.train.data import SYSTEM_PROMPT
+    from bootstrap.task.prompts import SYSTEM_PROMPT
     from tests.fakes.assets import gsm8k_rows
 
     rows = gsm8k_rows(2000, seed=11)

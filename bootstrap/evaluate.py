@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,19 +30,31 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ValidationError
 
+from bootstrap import constants as C
+from bootstrap.caches import workspace_caches
+from bootstrap.dtypes import Precision, torch_dtype, vllm_dtype
 from bootstrap.model_inputs import adapter_dir, base_model_dir, recipe_system_prompt
-from bootstrap.plan import Plan
-from bootstrap.train.backends import vllm_memory_utilization
-from bootstrap.train.caches import use_workspace_caches
-from bootstrap.train.data import extract_xml_answer, load_gsm8k_split
+from bootstrap.planning.plan import Plan
+from bootstrap.task.answers import (
+    extract_xml_answer,
+    lm_eval_flexible,
+    lm_eval_matches,
+    lm_eval_strict,
+)
+from bootstrap.task.dataset import load_split
+from bootstrap.task.registry import load_reward
+from bootstrap.task.rewards import soft_format, strict_format
+from bootstrap.train.backends import limit_cpu_threads, vllm_memory_utilization
 from bootstrap.train.metrics import REWARD_PREFIX, REWARD_SUFFIX, read_metrics
-from bootstrap.train.rewards import correctness, soft_format, strict_format
 from bootstrap.workspace import Workspace, atomic_file, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 Which = Literal["base", "trained"]
 Messages = list[dict[str, str]]
+# A prompt is a conversation (the recipe's protocol, rendered with the model's chat template) or
+# text given to the model as it is (lm-eval's few-shot protocol).
+Prompt = Messages | str
 EXAMPLES_KEPT = 3
 _EXAMPLE_CHARS = 1500
 
@@ -53,7 +65,7 @@ class Engine(Protocol):
     name: str
 
     def generate(
-        self, prompts: Sequence[Messages], *, trained: bool, progress: Callable[[int], None]
+        self, prompts: Sequence[Prompt], *, trained: bool, progress: Callable[[int], None]
     ) -> list[str]:
         """One completion per prompt, in order; `progress(n)` after each batch of n prompts."""
         ...
@@ -71,9 +83,14 @@ class ModelScores(BaseModel):
     model: Which
     rows: int
     correct: int
-    accuracy: float
+    accuracy: float  # the task's own metric: eval_reward above 0
     strict_format_rate: float
     soft_format_rate: float
+    # lm-evaluation-harness gsm8k's two readings of the same completions: "#### N", and the
+    # last number anywhere.  With the recipe's prompt (no "####" asked for) strict-match stays
+    # near 0; the lm-eval protocol (eval_protocol) is what compares with published figures.
+    strict_match_accuracy: float = 0.0
+    flexible_extract_accuracy: float = 0.0
     engine: str
     seconds: float
     examples: list[Example]
@@ -89,6 +106,10 @@ class EvalSettings(BaseModel):
     system_prompt: str
     one_shot: bool = False
     greedy: bool = True
+    protocol: str = "recipe"
+    shots: int = 0
+    chat_template: bool = True  # the prompt rendered with the model's chat template
+    eval_reward: str = "gsm8k.correctness"
 
 
 class EvalReport(BaseModel):
@@ -101,22 +122,39 @@ class EvalReport(BaseModel):
 # --- scoring -----------------------------------------------------------------------------------
 
 
+class Rows(BaseModel):
+    """The evaluation's rows as the rewards see them: prompts, gold answers, dataset columns."""
+
+    questions: list[str]
+    golds: list[str]
+    gold_texts: list[str]
+    prompts: list[Prompt]
+    columns: dict[str, list[Any]]  # every other dataset column, by name (TRL's kwargs)
+
+
 def score(
     which: Which,
-    questions: Sequence[str],
-    golds: Sequence[str],
+    rows: Rows,
     completions: Sequence[str],
     *,
+    correct_if: Callable[..., Sequence[float | None]],
     engine: str,
     seconds: float,
-) -> ModelScores:
-    """Accuracy and format rates of `completions` against `golds` (same order and length)."""
-    if not (len(questions) == len(golds) == len(completions)) or not golds:
-        raise ValueError(
-            f"{len(questions)} questions, {len(golds)} answers, {len(completions)} completions"
-        )
-    correct = [correctness(c, g) > 0 for c, g in zip(completions, golds)]
-    n = len(golds)
+) -> tuple[ModelScores, list[bool]]:
+    """The scores of `completions` (one per row): the task's metric (`correct_if` above 0), the
+    format rates, and lm-eval's strict-match and flexible-extract accuracies; and each row's
+    verdict."""
+    n = len(rows.golds)
+    if not n or len(completions) != n:
+        raise ValueError(f"{n} rows, {len(completions)} completions")
+    kwargs = {
+        **rows.columns,
+        "answer": rows.golds,
+        "gold_text": rows.gold_texts,
+        "question": rows.questions,
+    }
+    verdicts = correct_if(prompts=rows.prompts, completions=list(completions), **kwargs)
+    correct = [bool(v is not None and v > 0) for v in verdicts]
     return ModelScores(
         model=which,
         rows=n,
@@ -124,23 +162,36 @@ def score(
         accuracy=sum(correct) / n,
         strict_format_rate=sum(strict_format(c) > 0 for c in completions) / n,
         soft_format_rate=sum(soft_format(c) > 0 for c in completions) / n,
+        strict_match_accuracy=_share(lm_eval_strict, completions, rows.gold_texts),
+        flexible_extract_accuracy=_share(lm_eval_flexible, completions, rows.gold_texts),
         engine=engine,
         seconds=round(seconds, 2),
         examples=[
             Example(question=q, gold=g, completion=c, extracted=extract_xml_answer(c), correct=ok)
-            for q, g, c, ok in list(zip(questions, golds, completions, correct))[:EXAMPLES_KEPT]
+            for q, g, c, ok in list(
+                zip(rows.questions, rows.golds, completions, correct, strict=True)
+            )[:EXAMPLES_KEPT]
         ],
+    ), correct
+
+
+def _share(
+    read: Callable[[str], str | None], completions: Sequence[str], golds: Sequence[str]
+) -> float:
+    return sum(lm_eval_matches(read(c), g) for c, g in zip(completions, golds, strict=True)) / len(
+        golds
     )
 
 
 # --- generation engines ------------------------------------------------------------------------
 
 
-def _chat_texts(tokenizer: Any, prompts: Sequence[Messages]) -> list[str]:
+def _chat_texts(tokenizer: Any, prompts: Sequence[Prompt]) -> list[str]:
     return [
-        tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+        p if isinstance(p, str)
+        else tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
         for p in prompts
-    ]
+    ]  # fmt: skip
 
 
 class HFEngine:
@@ -149,20 +200,25 @@ class HFEngine:
     name = "hf"
 
     def __init__(
-        self, base: Path, adapter: Path | None, *, dtype: str, batch_size: int, max_new_tokens: int
+        self,
+        base: Path,
+        adapter: Path | None,
+        *,
+        dtype: Precision,
+        batch_size: int,
+        max_new_tokens: int,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         # CPUs without bf16 matrix units run bf16 slower than fp32; a GPU uses the plan's dtype.
-        torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
-        if self.device == "cpu":
-            torch_dtype = torch.float32
+        precision = "fp32" if self.device == "cpu" else dtype
         self.tokenizer = AutoTokenizer.from_pretrained(str(base), padding_side="left")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch_dtype).to(self.device)
+        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch_dtype(precision))
+        model = model.to(self.device)
         if adapter is not None:
             from peft import PeftModel
 
@@ -184,7 +240,7 @@ class HFEngine:
         )
 
     def generate(
-        self, prompts: Sequence[Messages], *, trained: bool, progress: Callable[[int], None]
+        self, prompts: Sequence[Prompt], *, trained: bool, progress: Callable[[int], None]
     ) -> list[str]:
         import torch
 
@@ -209,7 +265,7 @@ class HFEngine:
                 decoded = self.tokenizer.batch_decode(
                     out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
                 )
-                results.update(zip(batch, decoded))
+                results.update(zip(batch, decoded, strict=True))
                 progress(len(batch))
         return [results[i] for i in range(len(texts))]
 
@@ -219,20 +275,28 @@ def _nothing() -> Iterator[None]:
     yield
 
 
-def sampler_without_flashinfer(environ: MutableMapping[str, str] | None = None) -> bool:
-    """Choose vLLM's PyTorch sampler where FlashInfer is not installed; True if it did.
+def sampler_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What vLLM's engine needs to start where FlashInfer is not installed: its PyTorch sampler.
 
     vLLM 0.24 imports FlashInfer unguarded when it builds its sampler unless
     VLLM_USE_FLASHINFER_SAMPLER is 0 (FlashInfer is one of its requirements, but an install
     without it otherwise fails at engine start: seen on the GPU machine).  Unsloth does the
-    same for its own engine.  A value the user set is kept.
+    same for its own engine.  A value the user set is kept: nothing is returned then.
     """
     env = os.environ if environ is None else environ
     if importlib.util.find_spec("flashinfer") is not None or "VLLM_USE_FLASHINFER_SAMPLER" in env:
-        return False
-    env["VLLM_USE_FLASHINFER_SAMPLER"] = "0"
+        return {}
     log.info("FlashInfer is not installed: vLLM samples with PyTorch")
-    return True
+    return {"VLLM_USE_FLASHINFER_SAMPLER": "0"}
+
+
+# The evaluation engine runs alone in its process (`run` evaluates in a stage of its own), so it
+# may take most of what the job may use; the rest is the CUDA context's and the sampler's.
+EVAL_VLLM_SHARE = 0.85
+# Room for the longest chat prompt before the answer, in tokens.  Without a bound vLLM sizes
+# for the model's whole context (32k for Qwen2.5), and under a 16 GB cap the KV cache for one
+# such sequence may not fit beside the weights.
+EVAL_PROMPT_TOKENS = 1024
 
 
 class VLLMEngine:
@@ -246,25 +310,24 @@ class VLLMEngine:
         from vllm import LLM, SamplingParams
         from vllm.lora.request import LoRARequest
 
-        sampler_without_flashinfer()
-        training = plan.training
+        training = plan.training or plan.config.train
         lora_rank = _adapter_rank(adapter) if adapter is not None else None
-        self.llm = LLM(
-            model=str(base),
-            dtype={"bf16": "bfloat16", "fp16": "float16"}.get(
-                training.dtype if training else "", "auto"
-            ),
-            gpu_memory_utilization=vllm_memory_utilization(training) if training else 0.6,
-            enable_lora=adapter is not None,
-            max_lora_rank=lora_rank or 16,
-            seed=plan.config.train.seed,
-        )
+        with C.scoped_environment(sampler_environment()):  # read while the engine starts
+            self.llm = LLM(
+                model=str(base),
+                dtype=vllm_dtype(training.dtype),
+                gpu_memory_utilization=vllm_memory_utilization(training, EVAL_VLLM_SHARE),
+                max_model_len=min(EVAL_PROMPT_TOKENS + max_new_tokens, _context_length(base)),
+                enable_lora=adapter is not None,
+                max_lora_rank=lora_rank or 16,
+                seed=plan.config.train.seed,
+            )
         self.tokenizer = self.llm.get_tokenizer()
         self.sampling = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
         self.lora = LoRARequest("trained", 1, str(adapter)) if adapter is not None else None
 
     def generate(
-        self, prompts: Sequence[Messages], *, trained: bool, progress: Callable[[int], None]
+        self, prompts: Sequence[Prompt], *, trained: bool, progress: Callable[[int], None]
     ) -> list[str]:
         if trained and self.lora is None:
             raise ValueError("this engine was loaded without the LoRA adapter")
@@ -275,6 +338,11 @@ class VLLMEngine:
         )
         progress(len(prompts))
         return [o.outputs[0].text for o in outputs]
+
+
+def _context_length(model: Path) -> int:
+    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    return int(config.get("max_position_embeddings") or EVAL_PROMPT_TOKENS)
 
 
 def _adapter_rank(adapter: Path) -> int:
@@ -295,7 +363,6 @@ def make_engine(plan: Plan, workspace: Workspace, which: Sequence[Which]) -> Eng
     adapter = adapter_dir(workspace) if "trained" in which else None
     settings = plan.config.eval
     if _vllm_usable(plan):
-        use_workspace_caches(workspace.cache)  # vLLM's compile cache: a second eval starts warm
         return VLLMEngine(base, adapter, plan=plan, max_new_tokens=settings.eval_max_new_tokens)
     dtype = plan.training.dtype if plan.training and plan.training.dtype else "fp32"
     return HFEngine(
@@ -345,7 +412,7 @@ def plot_metrics(metrics: Path, out_dir: Path) -> list[str]:
         for key in keys:
             points = [
                 (s, line[key])
-                for s, line in zip(steps, lines)
+                for s, line in zip(steps, lines, strict=True)
                 if isinstance(line.get(key), (int, float))
             ]
             if points:
@@ -354,7 +421,11 @@ def plot_metrics(metrics: Path, out_dir: Path) -> list[str]:
                     if key != "reward"
                     else "total"
                 )
-                ax.plot(*zip(*points), label=label, linewidth=2.5 if key == "reward" else 1.2)
+                ax.plot(
+                    *zip(*points, strict=True),
+                    label=label,
+                    linewidth=2.5 if key == "reward" else 1.2,
+                )
         ax.set(title=title, xlabel="step", ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -374,26 +445,38 @@ def render_markdown(report: EvalReport) -> str:
     """report.md: the settings, a before/after table, the plots and a few example answers."""
     s = report.settings
     models = [m for m in ("base", "trained") if m in report.results]
+    if s.protocol == "lm-eval-gsm8k":
+        asked = (f'lm-evaluation-harness\'s gsm8k prompt ("Question: ...\\nAnswer:"), {s.shots}-shot '
+                 "from the first train rows, no chat template")  # fmt: skip
+    else:
+        asked = (f"the recipe's system prompt, {'one-shot' if s.one_shot else 'zero-shot'}, with the "
+                 "model's chat template")  # fmt: skip
     out = [
-        "# GSM8K evaluation",
+        "# Evaluation",
         "",
-        f"Model `{s.model}`; {s.rows} GSM8K test rows; greedy, "
-        f"at most {s.max_new_tokens} new tokens.",
+        f"Model `{s.model}`; {s.rows} test rows; {asked}; greedy, at most {s.max_new_tokens} "
+        f"new tokens; accuracy is `{s.eval_reward}` scoring above 0.  Strict-match and "
+        "flexible-extract read the same completions as lm-evaluation-harness's gsm8k does "
+        '("#### N", and the last number).',
         "",
     ]
+    if s.system_prompt:
+        out += ["System prompt:", "", "```text", s.system_prompt.replace("```", "'''"), "```", ""]
     header = ["metric", *models, *(["change"] if len(models) == 2 else [])]
     out += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for label, field in (
         ("accuracy", "accuracy"),
         ("strict format", "strict_format_rate"),
         ("soft format", "soft_format_rate"),
+        ("lm-eval strict-match", "strict_match_accuracy"),
+        ("lm-eval flexible-extract", "flexible_extract_accuracy"),
     ):
         values = [getattr(report.results[m], field) for m in models]
         cells = [_percent(v) for v in values]
         if field == "accuracy":
             cells = [
                 f"{c} ({report.results[m].correct}/{report.results[m].rows})"
-                for c, m in zip(cells, models)
+                for c, m in zip(cells, models, strict=True)
             ]
         change = [f"{100 * (values[1] - values[0]):+.1f} pts"] if len(models) == 2 else []
         out.append(f"| {label} | " + " | ".join(cells + change) + " |")
@@ -436,21 +519,25 @@ def _previous_results(path: Path, settings: EvalSettings) -> dict[str, ModelScor
 
 
 def _write_completions(
-    path: Path, questions: Sequence[str], golds: Sequence[str], completions: Sequence[str]
+    path: Path, rows: Rows, completions: Sequence[str], verdicts: Sequence[bool]
 ) -> None:
-    rows = [
+    lines = [
         {
             "question": q,
             "gold": g,
             "completion": c,
             "extracted": extract_xml_answer(c),
-            "correct": correctness(c, g) > 0,
+            "correct": ok,
             "strict_format": strict_format(c) > 0,
             "soft_format": soft_format(c) > 0,
+            "strict_match": lm_eval_matches(lm_eval_strict(c), t),
+            "flexible_extract": lm_eval_matches(lm_eval_flexible(c), t),
         }
-        for q, g, c in zip(questions, golds, completions)
+        for q, g, t, c, ok in zip(
+            rows.questions, rows.golds, rows.gold_texts, completions, verdicts, strict=True
+        )
     ]
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines))
 
 
 # --- the stage -----------------------------------------------------------------------------------
@@ -476,6 +563,44 @@ def _progress_bar(show: bool, total: int, label: str) -> Iterator[Callable[[int]
         yield lambda n: bar.advance(task, n)
 
 
+def _rows(plan: Plan, workspace: Workspace, limit: int | None) -> tuple[Rows, str, int]:
+    """The test rows under the evaluation's protocol: (rows, system prompt, shots)."""
+    eval_settings = plan.config.eval
+    system_prompt = recipe_system_prompt(plan)
+    split = load_split(
+        workspace.split_path("test"),
+        limit=limit or eval_settings.eval_limit,
+        system_prompt=system_prompt,
+        one_shot=plan.config.train.one_shot,  # ask as training asked
+        answer_format=plan.task.columns.answer_format,
+    )
+    standard = {"prompt", "answer", "gold_text", "question"}
+    rows = Rows(
+        questions=split["question"], golds=split["answer"], gold_texts=split["gold_text"],
+        prompts=split["prompt"],
+        columns={name: split[name] for name in split.column_names if name not in standard},
+    )  # fmt: skip
+    if eval_settings.eval_protocol != "lm-eval-gsm8k":
+        return rows, system_prompt, 0
+    import pyarrow.parquet as pq
+
+    # lm-eval's gsm8k takes its examples from the first train rows, the answer as written.
+    train = pq.read_table(workspace.split_path("train")).slice(0, eval_settings.eval_shots)
+    shots = "".join(
+        f"Question: {q}\nAnswer: {a}\n\n"
+        for q, a in zip(
+            train.column("question").to_pylist(), train.column("answer").to_pylist(), strict=True
+        )
+    )
+    prompts: list[Prompt] = [f"{shots}Question: {q}\nAnswer:" for q in rows.questions]
+    return rows.model_copy(update={"prompts": prompts}), "", train.num_rows
+
+
+def _cut_at_next_question(completion: str) -> str:
+    """lm-eval's gsm8k stops generating at "Question:": the model's next made-up example."""
+    return completion.split("Question:")[0]
+
+
 def run_eval(
     plan: Plan,
     workspace: Workspace,
@@ -490,21 +615,20 @@ def run_eval(
     The engine is made only once the test split has been read, so a missing split fails fast.
     """
     split = workspace.split_path("test")
-    system_prompt = recipe_system_prompt(plan)
-    rows = load_gsm8k_split(
-        split,
-        limit=limit or plan.config.eval.eval_limit,
-        system_prompt=system_prompt,
-        one_shot=plan.config.train.one_shot,  # ask as training asked
-    )
-    questions, golds, prompts = rows["question"], rows["answer"], rows["prompt"]
+    rows, system_prompt, shots = _rows(plan, workspace, limit)
+    protocol = plan.config.eval.eval_protocol
+    correct_if = load_reward(plan.task.eval_reward)
     settings = EvalSettings(
         model=plan.config.model,
         dataset_sha256=hashlib.sha256(split.read_bytes()).hexdigest(),
-        rows=len(golds),
+        rows=len(rows.golds),
         max_new_tokens=plan.config.eval.eval_max_new_tokens,
         system_prompt=system_prompt,
         one_shot=plan.config.train.one_shot,
+        protocol=protocol,
+        shots=shots,
+        chat_template=protocol != "lm-eval-gsm8k",
+        eval_reward=plan.task.eval_reward,
     )
     out_dir = workspace.report
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -512,20 +636,19 @@ def run_eval(
     engine = make()
     for model in which:
         started = time.monotonic()
-        with _progress_bar(show_progress, len(prompts), f"eval {model}") as progress:
-            completions = engine.generate(prompts, trained=model == "trained", progress=progress)
-        results[model] = score(
-            model,
-            questions,
-            golds,
-            completions,
-            engine=engine.name,
+        with _progress_bar(show_progress, len(rows.prompts), f"eval {model}") as progress:
+            completions = engine.generate(
+                rows.prompts, trained=model == "trained", progress=progress
+            )
+        if protocol == "lm-eval-gsm8k":
+            completions = [_cut_at_next_question(c) for c in completions]
+        results[model], verdicts = score(
+            model, rows, completions, correct_if=correct_if, engine=engine.name,
             seconds=time.monotonic() - started,
-        )
-        _write_completions(out_dir / f"{model}-completions.jsonl", questions, golds, completions)
-        log.info(
-            "eval %s: accuracy %s on %d rows", model, _percent(results[model].accuracy), len(golds)
-        )
+        )  # fmt: skip
+        _write_completions(out_dir / f"{model}-completions.jsonl", rows, completions, verdicts)
+        log.info("eval %s: accuracy %s on %d rows", model, _percent(results[model].accuracy),
+                 len(rows.golds))  # fmt: skip
     report = EvalReport(
         settings=settings,
         results={m: results[m] for m in ("base", "trained") if m in results},
@@ -553,11 +676,14 @@ def evaluate(
     """
     if not which:
         raise ValueError("nothing to evaluate: `which` is empty")
-    return run_eval(
-        plan,
-        workspace,
-        lambda: make_engine(plan, workspace, which),
-        which=which,
-        limit=limit,
-        show_progress=show_progress,
-    )
+    limit_cpu_threads(plan.training or plan.config.train)
+    # vLLM's compile cache (a second evaluation starts warm) and matplotlib's font list.
+    with workspace_caches(workspace.cache):
+        return run_eval(
+            plan,
+            workspace,
+            lambda: make_engine(plan, workspace, which),
+            which=which,
+            limit=limit,
+            show_progress=show_progress,
+        )

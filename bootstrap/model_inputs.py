@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from bootstrap.errors import ConfigError
-from bootstrap.plan import Plan
-from bootstrap.train.backends import ADAPTER_FILES
-from bootstrap.train.data import SYSTEM_PROMPT
-from bootstrap.workspace import Workspace
+from bootstrap.planning.plan import Plan
+from bootstrap.task.prompts import SYSTEM_PROMPT
+from bootstrap.workspace import ADAPTER_FILES, Workspace
 
 
 def base_model_dir(plan: Plan, workspace: Workspace) -> Path:

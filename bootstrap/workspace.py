@@ -16,6 +16,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# A saved LoRA adapter (PEFT's file names): what train leaves in lora/ and export reads.
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+# The tokenizer files a model directory may hold; copied beside an adapter or a merged model.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "tokenizer.model",
+)
+
 
 def repo_dirname(repo_id: str) -> str:
     """'Qwen/Qwen2.5-3B-Instruct' -> 'Qwen--Qwen2.5-3B-Instruct' (one level, no slashes)."""
@@ -33,7 +47,8 @@ class Workspace:
 
     @property
     def data_dir(self) -> Path:
-        return self.root / "data" / "gsm8k"
+        """The task's dataset: its normalised splits, and the raw files fetch downloaded."""
+        return self.root / "data" / "task"
 
     def split_path(self, split: str) -> Path:
         return self.data_dir / f"{split}.parquet"
@@ -71,13 +86,58 @@ class Workspace:
         return self.root / "state.json"
 
     @property
+    def launch_dir(self) -> Path:
+        """The files of a multi-process training launch (bootstrap.launch.supervisor)."""
+        return self.root / "launch"
+
+    @property
+    def accelerate_config(self) -> Path:
+        return self.launch_dir / "accelerate.yaml"
+
+    @property
+    def launch_job(self) -> Path:
+        """The plan every rank reads."""
+        return self.launch_dir / "job.json"
+
+    @property
+    def launch_log(self) -> Path:
+        return self.launch_dir / "launch.log"
+
+    @property
+    def stop_file(self) -> Path:
+        """Its presence asks every rank to checkpoint and stop."""
+        return self.launch_dir / "stop"
+
+    def rank_outcome(self, rank: int) -> Path:
+        return self.launch_dir / f"outcome-{rank}.json"
+
+    @property
+    def vllm_server_log(self) -> Path:
+        return self.launch_dir / "vllm-server.log"
+
+    @property
+    def stages(self) -> Path:
+        """The job and result files of the stages `run` runs in processes of their own."""
+        return self.root / "stages"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def tracking(self) -> Path:
+        """Where the trackers of report_to (TensorBoard, W&B, Trackio) keep their runs."""
+        return self.root / "tracking"
+
+    @property
     def cache(self) -> Path:
         """Compile and kernel caches (torch inductor, unsloth, vLLM) that make restarts warm."""
         return self.root / "cache"
 
 
-def _replace(tmp: Path, dest: Path) -> None:
-    """Move the finished `tmp` onto `dest`, which may be an older file or directory."""
+def replace_dir(tmp: Path, dest: Path) -> None:
+    """Move the finished `tmp` onto `dest`, which may be an older file or directory; `dest` is
+    never half-written, and absent only for an instant."""
     if dest.is_dir() and not dest.is_symlink():
         # A directory cannot be replaced by rename(2) while it has contents: move the old one
         # aside first, so `dest` is only ever absent for an instant, never half-written.
@@ -89,14 +149,43 @@ def _replace(tmp: Path, dest: Path) -> None:
         os.replace(tmp, dest)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask can only set it, and setting it
+    back and forth races with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def _as_created(path: Path, mode: int) -> None:
+    """Give a temporary file or directory the mode a plain open()/mkdir() would have: mkstemp
+    and mkdtemp make them private (0600/0700), and a renamed result would stay unreadable to
+    the other users of a shared workspace."""
+    path.chmod(mode & ~_umask())
+
+
+def _share(folder: Path) -> None:
+    """Files that a library wrote privately into `folder` (through its own temporary files, as
+    some savers do, or copied from such) get the mode a plain open() would give them."""
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o077 == 0:
+            _as_created(path, 0o666)
+
+
 @contextmanager
 def atomic_dir(dest: Path) -> Iterator[Path]:
     """Yield an empty temporary directory beside `dest`; on success it becomes `dest`."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    _as_created(tmp, 0o777)
     try:
         yield tmp
-        _replace(tmp, dest)
+        _share(tmp)
+        replace_dir(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -109,11 +198,12 @@ def atomic_file(dest: Path) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp = Path(name)
+    _as_created(tmp, 0o666)
     try:
         yield tmp
         with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
-        _replace(tmp, dest)
+        replace_dir(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -2,14 +2,14 @@
 # Container entrypoint of the grpo-bootstrap image.
 #   docker run IMAGE [GLOBAL OPTIONS] [RUN OPTIONS]   -> grpo-bootstrap [GLOBAL] run [RUN OPTIONS]
 #   docker run IMAGE [GLOBAL OPTIONS] COMMAND [...]   -> grpo-bootstrap [GLOBAL] COMMAND [...]
-# COMMAND is one of: detect plan fetch train eval export run doctor.  GLOBAL OPTIONS are
+# COMMAND is one of: detect plan fetch train eval export run verify.  GLOBAL OPTIONS are
 # grpo-bootstrap's own (--workspace, --config, --json, -v, -q, --set, --version).
 # Creates the cache directories under /workspace first (HF_HOME, MODELSCOPE_CACHE, compile
 # caches) and stops with a fix when the volume is not writable.  Tokens come from the
 # environment (docker run -e HF_TOKEN ...) and are never printed.
 set -euo pipefail
 
-readonly commands=" detect plan fetch train eval export run doctor "
+readonly commands=" detect plan fetch train eval export run verify "
 # Not configurable through a GRPO_BOOTSTRAP_* variable: the program rejects unknown ones.
 readonly program=grpo-bootstrap
 
@@ -25,7 +25,8 @@ prepare_dirs() {
     for dir in "${GRPO_BOOTSTRAP_WORKSPACE:-}" "${HF_HOME:-}" "${MODELSCOPE_CACHE:-}" \
         "${XDG_CACHE_HOME:-}" "${TORCHINDUCTOR_CACHE_DIR:-}" "${TRITON_CACHE_DIR:-}" \
         "${VLLM_CACHE_ROOT:-}" "${UNSLOTH_COMPILE_LOCATION:-}" "${UNSLOTH_MEGA_CACHE_DIR:-}" \
-        "${CUDA_CACHE_PATH:-}" "${FLASHINFER_WORKSPACE_BASE:-}"; do
+        "${CUDA_CACHE_PATH:-}" "${FLASHINFER_WORKSPACE_BASE:-}" "${MPLCONFIGDIR:-}" \
+        "${TRITON_HOME:-}" "${VLLM_CONFIG_ROOT:-}" "${HF_HUB_CACHE:-}" "${HF_XET_CACHE:-}"; do
         [[ -n "$dir" ]] || continue
         if ! mkdir -p "$dir" 2> /dev/null || [[ ! -w "$dir" ]]; then
             echo "error: $dir is not writable by uid $(id -u)." >&2

@@ -58,6 +58,8 @@ tar -xzf "$sdist" -C "$work" \
 mkdir -p "$(dirname "$dest")"
 staging="$(mktemp -d "$(dirname "$dest")/.llama.cpp-$version.XXXXXX")"
 cp -r "$work/$root/." "$staging/"
+# mktemp -d made it 0700: the image's non-root user could not read the converter.
+chmod -R a+rX "$staging"
 rm -rf "$dest"
 mv "$staging" "$dest"
 echo "installed llama-cpp-python $version and its converter in $dest"

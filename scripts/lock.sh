@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Regenerate the image locks: images/<VARIANT>.lock from pyproject.toml (extras train, gpu,
 # export) plus the pins of images/requirements-<VARIANT>.in, with sha256 hashes, for
-# Linux x86_64 (manylinux_2_28) and Python 3.12, the interpreter of the image.
+# Linux x86_64 (manylinux_2_28 unless the .in file says otherwise) and Python 3.12, the image's
+# interpreter.
 # Usage: scripts/lock.sh [--help] [VARIANT...]      (default: every images/requirements-*.in)
 # Env: UV (the uv executable, default `uv`), UV_INDEX_URL (a PyPI mirror: its files, hence the
 #      hashes, are PyPI's own).  Lines `#lock: ARGS` in a .in file add uv arguments for that
-#      variant (e.g. --torch-backend=cu128, which needs download.pytorch.org).
+#      variant: e.g. `--python-platform x86_64-manylinux_2_31` in place of manylinux_2_28 where
+#      a pinned wheel needs a newer glibc, or `--torch-backend=cu128` (download.pytorch.org).
 # Idempotent: the same inputs and index give the same lock; a failed run keeps the old lock.
 set -euo pipefail
 
@@ -44,6 +46,10 @@ for variant in "${variants[@]}"; do
         read -r -a words <<< "${line#\#lock:}"
         extra+=("${words[@]}")
     done < <(grep -E '^#lock:' "$input" || true)
+    platform=(--python-platform x86_64-manylinux_2_28)
+    for word in "${extra[@]}"; do
+        [[ "$word" == --python-platform* ]] && platform=()
+    done
     out="images/$variant.lock"
     tmp="$(mktemp "images/.$variant.lock.XXXXXX")"
     trap 'rm -f "$tmp"' EXIT
@@ -51,7 +57,7 @@ for variant in "${variants[@]}"; do
     if ! "$uv" pip compile pyproject.toml "$input" \
         --extra train --extra gpu --extra export \
         --generate-hashes \
-        --python-platform x86_64-manylinux_2_28 --python-version 3.12 \
+        "${platform[@]}" --python-version 3.12 \
         --custom-compile-command "scripts/lock.sh $variant" \
         "${extra[@]}" \
         --output-file "$tmp" --quiet; then

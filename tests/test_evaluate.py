@@ -15,13 +15,12 @@ from bootstrap.config import load_config
 from bootstrap.detect import detect
 from bootstrap.errors import ConfigError
 from bootstrap.evaluate import EvalReport, HFEngine, Messages, evaluate, run_eval
-from bootstrap.plan import Plan, build_plan
-from bootstrap.train.data import SYSTEM_PROMPT, build_prompt
+from bootstrap.planning.plan import Plan, build_plan
+from bootstrap.task.prompts import SYSTEM_PROMPT, build_prompt
 from bootstrap.train.metrics import StepMetrics
 from bootstrap.workspace import Workspace
 from tests.export_helpers import SMOLLM2_ID, make_lora_workspace
 from tests.fakes.assets import write_gsm8k
-from tests.fakes.fixtures import smollm2_dir  # noqa: F401 - fixture
 
 TEST_ROWS = 16
 
@@ -116,6 +115,10 @@ def test_scores_of_scripted_answers(scripted_ws) -> None:
     assert (trained.strict_format_rate, trained.soft_format_rate) == (0.5, 0.75)
     assert [e.correct for e in trained.examples] == [True, False, True]
     assert trained.engine == "scripted"
+    # lm-eval's readings of the same answers: no "#### N" anywhere (strict-match 0); the last
+    # number is the gold in kinds 0, 2 and 3 (its thousands commas are ignored), not in 1.
+    assert trained.strict_match_accuracy == 0
+    assert trained.flexible_extract_accuracy == 12 / 16
     # Every prompt carries the recipe's system prompt and the question as the user turn.
     for _, prompts in engine.asked:
         assert [m["role"] for m in prompts[0]] == ["system", "user"]
@@ -268,30 +271,70 @@ def test_vllm_engine_evaluates_base_and_lora_on_the_3b_architecture(tmp_path: Pa
 
     model = tmp_path / "random-qwen2.5-3b"
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "random_qwen.py"
-    subprocess.run([sys.executable, str(script), "--out", str(model), "--device", "cuda"], check=True)
+    subprocess.run(
+        [sys.executable, str(script), "--out", str(model), "--device", "cuda"], check=True
+    )
     plan, ws = make_lora_workspace(tmp_path / "ws", model, lora_alpha=64, eval_max_new_tokens=16)
     put_test_split(ws, rows=4)
     engine = VLLMEngine(ws.model_dir(SMOLLM2_ID), ws.lora, plan=plan, max_new_tokens=16)
     report = run_eval(plan, ws, lambda: engine, show_progress=False)
     assert [(s.rows, s.engine) for s in report.results.values()] == [(4, "vllm"), (4, "vllm")]
     base, trained = (report.results[k].examples for k in ("base", "trained"))
-    assert any(b.completion != t.completion for b, t in zip(base, trained))  # the LoRA is applied
+    assert any(
+        b.completion != t.completion for b, t in zip(base, trained, strict=True)
+    )  # the LoRA is applied
     assert (ws.report / "report.md").is_file()
 
 
 def test_without_flashinfer_vllm_is_told_to_sample_with_pytorch(monkeypatch) -> None:
     import importlib.util
 
-    from bootstrap.evaluate import sampler_without_flashinfer
+    from bootstrap.evaluate import sampler_environment
 
-    env: dict[str, str] = {}
     assert importlib.util.find_spec("flashinfer") is None  # as on this CPU machine
-    assert sampler_without_flashinfer(env) and env == {"VLLM_USE_FLASHINFER_SAMPLER": "0"}
-    chosen = {"VLLM_USE_FLASHINFER_SAMPLER": "1"}
-    assert not sampler_without_flashinfer(chosen) and chosen["VLLM_USE_FLASHINFER_SAMPLER"] == "1"
+    assert sampler_environment({}) == {"VLLM_USE_FLASHINFER_SAMPLER": "0"}
+    assert sampler_environment({"VLLM_USE_FLASHINFER_SAMPLER": "1"}) == {}  # the user's choice
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: object() if name == "flashinfer" else real_find_spec(name, *a)
+        importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "flashinfer" else real_find_spec(name, *a),
     )
-    untouched: dict[str, str] = {}
-    assert not sampler_without_flashinfer(untouched) and untouched == {}
+    assert sampler_environment({}) == {}
+
+
+def test_the_lm_eval_protocol_asks_few_shot_without_a_chat_template(tmp_path: Path) -> None:
+    """eval_protocol lm-eval-gsm8k: lm-evaluation-harness gsm8k's prompt, the first train rows
+    as examples, and its stop at the next "Question:", so the figures compare with its own."""
+    ws = Workspace(tmp_path / "ws")
+    paths = write_gsm8k(ws.root / "_gsm8k", train_rows=8, test_rows=4, seed=3)
+    ws.data_dir.mkdir(parents=True)
+    shutil.copy2(paths["test"], ws.split_path("test"))
+    shutil.copy2(paths["train"], ws.split_path("train"))
+    train = pq.read_table(ws.split_path("train")).to_pylist()
+    golds = [
+        r["answer"].split("####")[-1].strip()
+        for r in pq.read_table(ws.split_path("test")).to_pylist()
+    ]
+    asked: list[str] = []
+
+    class FewShotEngine:
+        name = "scripted"
+
+        def generate(self, prompts, *, trained, progress):  # type: ignore[no-untyped-def]
+            asked.extend(prompts)
+            return [f" It is {g}.\n#### {g}\n\nQuestion: made up" for g in golds]
+
+    plan = make_plan(ws, eval_protocol="lm-eval-gsm8k", eval_shots=2)
+    report = run_eval(plan, ws, FewShotEngine, which=("base",), show_progress=False)
+    first = asked[0]
+    assert isinstance(first, str) and first.startswith(
+        f"Question: {train[0]['question']}\nAnswer: {train[0]['answer']}\n\n"
+    )
+    assert first.count("Question:") == 3 and first.endswith("\nAnswer:")
+    scores = report.results["base"]
+    assert scores.strict_match_accuracy == 1.0 and scores.flexible_extract_accuracy == 1.0
+    assert report.settings.protocol == "lm-eval-gsm8k" and report.settings.shots == 2
+    assert not report.settings.chat_template and report.settings.system_prompt == ""
+    text = (ws.report / "report.md").read_text()
+    assert "2-shot" in text and "no chat template" in text and "lm-eval strict-match" in text

@@ -12,17 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from bootstrap.errors import BootstrapError, ConfigError, EnvironmentUnfit
+from bootstrap.errors import ConfigError, EnvironmentUnfit, ExportFailed
 from bootstrap.export import export, gguf
 from bootstrap.export.manifest import ExportManifest, read_manifest
-from bootstrap.plan import Plan
-from bootstrap.train.data import SYSTEM_PROMPT
+from bootstrap.planning.plan import Plan
+from bootstrap.task.prompts import SYSTEM_PROMPT
 from bootstrap.workspace import Workspace
 from tests.export_helpers import (
     LORA_ALPHA,
     LORA_RANK,
     LORA_TARGETS,
     QUESTIONS,
+    SMOLLM2_ID,
     agreement_windows,
     chat_ids,
     confident_steps_agree,
@@ -33,7 +34,6 @@ from tests.export_helpers import (
     make_lora_workspace,
     pooled_agreement,
 )
-from tests.fakes.fixtures import smollm2_dir  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.slow
 
@@ -271,8 +271,9 @@ def test_a_gguf_that_llama_cpp_cannot_load_is_not_kept(exported, tmp_path: Path)
     def produce(tmp: Path) -> None:
         tmp.write_bytes(b"GGUF" + b"\0" * 64)
 
-    with pytest.raises(BootstrapError, match="llama.cpp"):
+    with pytest.raises(ExportFailed, match=r"llama\.cpp") as caught:
         gguf.build_verified(dest, produce, artefact_path(exported, "merged16"), SYSTEM_PROMPT)
+    assert caught.value.exit_code == 7  # the README's code for a failed conversion or check
     assert list(tmp_path.iterdir()) == []
 
 
@@ -297,7 +298,7 @@ def test_without_the_converter_gguf_export_refuses_before_any_work(
     plan, ws, _ = exported
     monkeypatch.setattr(sys, "prefix", str(tmp_path))  # where install-gguf-tools.sh would unpack it
     before = (ws.exports / "manifest.json").read_bytes()
-    with pytest.raises(EnvironmentUnfit, match="install-gguf-tools.sh"):
+    with pytest.raises(EnvironmentUnfit, match=r"install-gguf-tools\.sh"):
         export(plan, ws, ["lora", "gguf-q8_0"])
     assert (ws.exports / "manifest.json").read_bytes() == before
 
@@ -337,3 +338,88 @@ def test_merged4_is_a_loadable_bitsandbytes_nf4_model(tmp_path: Path) -> None:
     correlation = float(torch.corrcoef(torch.stack([got, expected]))[0, 1])
     print(f"\nmerged4 (NF4) vs merged16 logits: correlation {correlation:.4f}")
     assert correlation > 0.9
+
+
+def test_a_full_disk_during_export_exits_3_naming_the_fix(
+    tmp_path: Path, tiny_qwen2_dir: Path
+) -> None:
+    """A 64 KiB filesystem over exports/ (a private mount, so nothing else sees it): the export
+    runs out of space part-way and says so, with the exit code of an unfit machine."""
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to mount a small filesystem privately")
+    _, ws = make_lora_workspace(tmp_path / "ws", tiny_qwen2_dir)
+    ws.exports.mkdir()
+    script = 'mount -t tmpfs -o size=64k none "$1" && shift && exec "$@"'
+    command = [
+        "unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", str(ws.exports),
+        sys.executable, "-m", "bootstrap", "--workspace", str(ws.root), "--set",
+        f"model={SMOLLM2_ID}", "export", "--offline", "--profile", "cpu-smoke",
+        "--formats", "lora,merged16",
+    ]  # fmt: skip
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=repo, check=False,
+                          env={**os.environ, "PYTHONPATH": str(repo)})  # fmt: skip
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "no space left on the device while writing" in done.stderr
+    assert "free disk space, or move the workspace" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_llama_cpp_worker_stops_when_the_export_is_killed(
+    tmp_path: Path, smollm2_dir: Path
+) -> None:
+    """kill -9 of `export` (not of its process group, as the OOM killer does it) must not leave
+    llama.cpp converting on its own."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.waiting import wait_until
+
+    _, ws = make_lora_workspace(tmp_path / "ws", smollm2_dir)
+    repo = Path(__file__).resolve().parents[1]
+    export = subprocess.Popen(
+        [sys.executable, "-m", "bootstrap", "--workspace", str(ws.root), "--set", f"model={SMOLLM2_ID}",
+         "export", "--offline", "--profile", "cpu-smoke", "--formats", "gguf-f16"],
+        cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def workers() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                argv = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+            except OSError:
+                continue
+            if b"bootstrap.export.llama_worker" in argv and str(ws.root).encode() in argv:
+                found.append(int(entry.name))
+        return found
+
+    def pending(pid: int) -> int:
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(status.split("SigPnd:")[1].split()[0], 16) | int(
+            status.split("ShdPnd:")[1].split()[0], 16
+        )
+
+    try:
+        wait_until(workers, within_s=120, what="a llama.cpp worker", alive=export, every_s=0.01)
+        (worker,) = workers()
+        # Held still so that it cannot end by itself (done, or a write to the dead parent's
+        # pipe): what reaches it is then only what Linux sends when its parent dies.
+        os.kill(worker, signal.SIGSTOP)
+        export.send_signal(signal.SIGKILL)
+        export.wait(timeout=30)
+        wait_until(lambda: pending(worker) & (1 << (signal.SIGTERM - 1)), within_s=5,
+                   what="SIGTERM for the worker from its parent's death")  # fmt: skip
+        os.kill(worker, signal.SIGCONT)
+        wait_until(lambda: not workers(), within_s=15, what="the worker to stop with its parent")
+    finally:
+        if export.poll() is None:
+            export.kill()
+        for pid in workers():
+            os.kill(pid, signal.SIGKILL)

@@ -24,7 +24,7 @@ import pytest
 from tests.fakes.assets import write_gsm8k
 from tests.fakes.fixtures import GSM8K_HF_ID, GSM8K_MS_ID, SMOLLM2_ID
 from tests.fakes.hf_hub import FakeHFHub
-from tests.fakes.modelscope_hub import FakeModelScope
+from tests.fakes.modelscope_hub import FILES_LISTING_CAP, FakeModelScope
 from tests.fakes.server import Fault
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,7 +180,12 @@ def test_datasets_load_dataset_through_hf_endpoint(fake_hf_hub: FakeHFHub, tmp_p
         "PYTHONPATH": str(ROOT),
     }
     done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -414,21 +419,86 @@ def test_modelscope_retries_5xx_and_resumes_truncated_bodies(
     ms_big: FakeModelScope, tmp_path: Path
 ) -> None:
     ms_big.faults.add("FilePath=model", Fault.http(503, retry_after=0))
-    ms_big.faults.add("FilePath=model", Fault.truncate(0.5))
+    ms_big.oss.faults.add("/modelscope-lfs/", Fault.truncate(0.5))  # the body comes from OSS
     got = _ms_download(ms_big, tmp_path)
     assert sha256_of(got) == ms_big.repos[("model", "acme/big")].files["model.safetensors"].sha256
-    statuses = [
-        (r.status, r.fault, r.headers.get("range")) for r in ms_big.requests("FilePath=model")
-    ]
-    assert statuses[:2] == [(503, "status", None), (200, "truncate", None)]
-    assert statuses[2][0] == 206 and statuses[2][2] is not None
+    assert [r.status for r in ms_big.requests("FilePath=model")][:2] == [503, 302]
+    from_oss = [(r.status, r.fault, r.headers.get("range")) for r in ms_big.oss.requests("")]
+    assert from_oss[0] == (200, "truncate", None)
+    assert from_oss[1][0] == 206 and from_oss[1][2] is not None
 
 
 def test_modelscope_catches_corruption_and_retries(ms_big: FakeModelScope, tmp_path: Path) -> None:
-    ms_big.faults.add("FilePath=model", Fault.corrupt())
+    ms_big.oss.faults.add("/modelscope-lfs/", Fault.corrupt())
     got = _ms_download(ms_big, tmp_path)
     assert sha256_of(got) == ms_big.repos[("model", "acme/big")].files["model.safetensors"].sha256
-    assert [r.fault for r in ms_big.requests("FilePath=model")] == ["corrupt", None]
+    assert [r.fault for r in ms_big.oss.requests("/modelscope-lfs/")] == ["corrupt", None]
+
+
+def test_modelscope_lfs_files_redirect_to_a_signed_url_on_another_host(
+    ms_big: FakeModelScope, tmp_path: Path
+) -> None:
+    import httpx
+
+    _ms_download(ms_big, tmp_path)
+    f = ms_big.repos[("model", "acme/big")].files["model.safetensors"]
+    (api,) = ms_big.requests("FilePath=model.safetensors", "GET")
+    (oss,) = ms_big.oss.requests("/modelscope-lfs/", "GET")
+    assert api.status == 302 and oss.status == 200 and "Signature=" in oss.query
+    assert ms_big.oss.url.startswith("http://127.0.0.2:")  # a host of its own, as a CDN is
+    with httpx.Client() as client:
+        head = client.head(ms_big.oss.signed_url(f.sha256))
+        assert head.headers["X-Linked-ETag"].strip('"') == f.sha256
+        assert head.headers["ETag"] != f'"{f.sha256}"'  # OSS's own ETag, the MD5
+        past_end = client.get(
+            ms_big.oss.signed_url(f.sha256), headers={"Range": f"bytes={f.size}-"}
+        )
+        assert (
+            past_end.status_code == 416 and past_end.headers["Content-Range"] == f"bytes */{f.size}"
+        )
+        unsigned = client.get(ms_big.oss.signed_url(f.sha256).split("?")[0])
+        assert unsigned.status_code == 403 and "AccessDenied" in unsigned.text
+
+
+def test_modelscope_inline_files_ignore_range_and_the_client_starts_over(
+    ms_big: FakeModelScope, tmp_path: Path
+) -> None:
+    from modelscope import snapshot_download
+
+    ms_big.faults.add("FilePath=config.json", Fault.truncate(0.5), methods=("GET",))
+    got = Path(
+        snapshot_download(
+            "acme/big", endpoint=ms_big.url, cache_dir=str(tmp_path), allow_patterns=["config.json"]
+        )
+    )
+    repo = ms_big.repos[("model", "acme/big")]
+    assert sha256_of(got / "config.json") == repo.files["config.json"].sha256
+    cut, again = ms_big.requests("FilePath=config.json", "GET")
+    assert cut.fault == "truncate" and again.headers.get("range")  # the client asked to resume
+    assert again.status == 200  # and got the whole file, as the service answers
+
+
+def test_modelscope_listings_as_the_service_gives_them(big_repo_dir: Path, tmp_path: Path) -> None:
+    import httpx
+
+    many = tmp_path / "many"
+    for i in range(FILES_LISTING_CAP + 10):
+        (many / f"part{i % 4}" / f"{i}.json").parent.mkdir(parents=True, exist_ok=True)
+        (many / f"part{i % 4}" / f"{i}.json").write_text("{}")
+    with FakeModelScope(no_sha256=("config.json",)) as hub, httpx.Client() as client:
+        repo = hub.add_repo("acme/big", big_repo_dir)
+        hub.add_repo("acme/many", many)
+        hub.add_repo("acme/data", big_repo_dir, repo_type="dataset")
+        got = client.get(f"{hub.url}/api/v1/models/acme/big/repo/files?Revision=master").json()
+        entries = {e["Path"]: e for e in got["Data"]["Files"]}
+        assert entries["model.safetensors"]["Revision"] == repo.sha  # the newest commit
+        assert entries["config.json"]["Revision"] != repo.sha  # unchanged since an older one
+        assert "Sha256" not in entries["config.json"] and "Sha256" in entries["model.safetensors"]
+        cut = client.get(f"{hub.url}/api/v1/models/acme/many/repo/files?Recursive=True").json()
+        assert len(cut["Data"]["Files"]) == FILES_LISTING_CAP  # cut, without a word
+        hub.fail_listing()
+        failed = client.get(f"{hub.url}/api/v1/datasets/acme/data/repo/tree?PageNumber=1")
+        assert failed.status_code == 200 and failed.json()["Success"] is False
 
 
 def test_modelscope_does_not_retry_404(ms_big: FakeModelScope, tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-import types
 
 import pytest
 
@@ -17,6 +16,7 @@ from bootstrap.detect.gpu import (
     parse_nvidia_smi_csv,
 )
 from tests.fakes.nvidia_smi import calls, install_nvidia_smi
+from tests.fakes.nvml import FakeNVML
 
 
 def _nvml_works() -> bool:
@@ -26,7 +26,7 @@ def _nvml_works() -> bool:
         pynvml.nvmlInit()
         pynvml.nvmlShutdown()
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means no GPU here
         return False
 
 
@@ -162,7 +162,12 @@ def test_driver_without_compute_cap_field(tmp_path):
     smi = install_nvidia_smi(tmp_path, ["T4"], mode="old-driver", driver="470.223.02", cuda="11.4")
     report = detect_gpus(nvidia_smi=str(smi), use_nvml=False)
     [gpu] = report.gpus
-    assert (gpu.name, gpu.memory_mib, gpu.compute_capability, gpu.bf16) == ("Tesla T4", 15360, None, False)
+    assert (gpu.name, gpu.memory_mib, gpu.compute_capability, gpu.bf16) == (
+        "Tesla T4",
+        15360,
+        None,
+        False,
+    )
     assert report.driver_version == "470.223.02" and report.cuda_version == "11.4"
     fmt = "--format=csv,noheader,nounits"
     assert calls(tmp_path) == [
@@ -191,8 +196,12 @@ def test_parse_not_available_values():
 
 def test_newer_architectures_count_as_bf16():
     assert GPU(index=0, name="NVIDIA B200", memory_mib=183359, compute_capability="10.0").bf16
-    assert GPU(index=0, name="NVIDIA GeForce RTX 5090", memory_mib=32607, compute_capability="12.0").bf16
-    assert not GPU(index=0, name="Tesla P100-PCIE-16GB", memory_mib=16384, compute_capability="6.0").bf16
+    assert GPU(
+        index=0, name="NVIDIA GeForce RTX 5090", memory_mib=32607, compute_capability="12.0"
+    ).bf16
+    assert not GPU(
+        index=0, name="Tesla P100-PCIE-16GB", memory_mib=16384, compute_capability="6.0"
+    ).bf16
 
 
 def test_cuda_version_encoding():
@@ -209,50 +218,6 @@ def test_report_is_json_round_trippable(tmp_path):
         "index": 1, "name": "NVIDIA L4", "memory_mib": 23034, "compute_capability": "8.9", "bf16": True,
     }  # fmt: skip
     assert GPUReport.model_validate_json(report.model_dump_json()) == report
-
-
-class FakeNVML(types.ModuleType):
-    """Stands in for the pynvml module (a third-party library) on machines without a driver."""
-
-    class NVMLError(Exception):
-        pass
-
-    def __init__(self, cards, *, init_error=None, lost_gpu=False, hang=None):
-        super().__init__("pynvml")
-        self.cards, self.init_error, self.lost_gpu, self.hang = cards, init_error, lost_gpu, hang
-        self.shutdowns = 0
-
-    def nvmlInit(self):
-        if self.hang is not None:
-            self.hang.wait(10)
-        if self.init_error:
-            raise self.NVMLError(self.init_error)
-
-    def nvmlShutdown(self):
-        self.shutdowns += 1
-
-    def nvmlDeviceGetCount(self):
-        return len(self.cards)
-
-    def nvmlDeviceGetHandleByIndex(self, index):
-        return self.cards[index]
-
-    def nvmlDeviceGetName(self, handle):
-        if self.lost_gpu:
-            raise self.NVMLError("GPU is lost")
-        return handle[0]
-
-    def nvmlDeviceGetMemoryInfo(self, handle):
-        return types.SimpleNamespace(total=handle[1], free=handle[1], used=0)
-
-    def nvmlDeviceGetCudaComputeCapability(self, handle):
-        return handle[2]
-
-    def nvmlSystemGetDriverVersion(self):
-        return "580.159.04"
-
-    def nvmlSystemGetCudaDriverVersion_v2(self):
-        return 13000
 
 
 H100_NVML = ("NVIDIA H100 80GB HBM3", 85520809984, (9, 0))  # total in bytes, as NVML gives it
@@ -274,7 +239,9 @@ def test_nvml_is_used_first(tmp_path, monkeypatch):
 
 
 def test_nvml_library_missing_falls_back(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "pynvml", FakeNVML([], init_error="NVML Shared Library Not Found"))
+    monkeypatch.setitem(
+        sys.modules, "pynvml", FakeNVML([], init_error="NVML Shared Library Not Found")
+    )
     smi = install_nvidia_smi(tmp_path, ["T4"])
     report = detect_gpus(nvidia_smi=str(smi))
     assert report.source == "nvidia-smi" and [g.name for g in report.gpus] == ["Tesla T4"]

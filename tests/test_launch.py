@@ -19,14 +19,10 @@ from bootstrap.config import load_config
 from bootstrap.detect import Detection, detect
 from bootstrap.detect.gpu import GPU, GPUReport
 from bootstrap.errors import ConfigError, EnvironmentUnfit
-from bootstrap.plan import Plan, build_plan
-from bootstrap.train.launch import (
-    Launch,
-    accelerate_config,
-    launch_environment,
-    resolve_launch,
-    write_accelerate_config,
-)
+from bootstrap.launch.accelerate import accelerate_config, write_accelerate_config
+from bootstrap.launch.environment import launch_environment
+from bootstrap.planning.launch import Launch, resolve_launch
+from bootstrap.planning.plan import Plan, build_plan
 from tests.fakes.nvidia_smi import install_nvidia_smi
 from tests.test_gpu import NVML_WORKS
 
@@ -162,11 +158,19 @@ def test_the_generation_batch_must_hold_whole_groups_across_processes(tmp_path: 
     # 2 per device x 2 processes = 4 is fine: the same global batch as 4 on one GPU
     plan = plan_for(tmp_path, 2, gpus=2, num_generations=4, per_device_train_batch_size=2)
     assert plan.training is not None and plan.training.per_device_train_batch_size == 2
-    # left to the profile (16 per device), the batch is raised to the next that fits: 18 x 2
-    # processes = 36 = 3 groups of 12 (one process would need 24)
+    # left unset, the per-device batch is one group
     plan = plan_for(tmp_path, 2, gpus=2, num_generations=12)
+    assert plan.training is not None and plan.training.per_device_train_batch_size == 12
+    # a recipe's 16 per device is raised to the next that fits: 18 x 2 processes = 36 = 3
+    # groups of 12 (one process would need 24)
+    assert plan.profile is not None
+    recipe = tmp_path / "batch16.yaml"
+    recipe.write_text(
+        f"about: batches of 16\nprofiles:\n  {plan.profile.profile.name}: {{per_device_train_batch_size: 16}}\n"
+    )
+    plan = plan_for(tmp_path, 2, gpus=2, num_generations=12, recipe=str(recipe))
     assert plan.training is not None and plan.training.per_device_train_batch_size == 18
-    plan = plan_for(tmp_path, 2, gpus=1, num_generations=12)
+    plan = plan_for(tmp_path, 2, gpus=1, num_generations=12, recipe=str(recipe))
     assert plan.training is not None and plan.training.per_device_train_batch_size == 24
 
 
@@ -484,7 +488,7 @@ def test_zero_gets_an_optimiser_deepspeed_accepts_and_zero3_refuses_4bit(
     plan = plan_for(tmp_path, 2, gpus=2, distributed="zero2", load_in_4bit=True)
     assert plan.training is not None and plan.training.optim == "adamw_torch"
     assert any("DeepSpeed ZeRO accepts" in w for w in plan.warnings)
-    assert plan_for(tmp_path, 2, gpus=2).training.optim == "paged_adamw_8bit"  # DDP keeps it
+    assert plan_for(tmp_path, 2, gpus=2).training.optim == "adamw_8bit"  # DDP keeps it
     with pytest.raises(ConfigError, match="cannot shard a 4-bit"):
         plan_for(tmp_path, 2, gpus=2, distributed="zero3", load_in_4bit=True)
     plan = plan_for(tmp_path, 2, gpus=2, distributed="zero3", load_in_4bit=False)

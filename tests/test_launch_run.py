@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from bootstrap.cli import main
 from bootstrap.train.grpo import checkpoint_step, last_checkpoint
-from bootstrap.train.launch import JOB_FILE, LOG_FILE, launch_dir
 from bootstrap.train.metrics import read_metrics
 from bootstrap.workspace import Workspace
+from tests.fakes.fixtures import QUICK_DEMO
 from tests.test_train import MODEL_ID, make_workspace
 from tests.waiting import wait_until
 
@@ -118,7 +120,7 @@ def test_the_ranks_output_reaches_our_stderr_and_stays_in_launch_log(
     ws: Workspace = two_rank_flow["ws"]
     for launch in ("first", "second"):  # echoed while the launch ran
         assert "LoRA adapter saved" in two_rank_flow[launch].stderr
-    log = (launch_dir(ws.root) / LOG_FILE).read_text()
+    log = ws.launch_log.read_text()
     assert log.count("LoRA adapter saved") == 2  # each launch appended its own part
 
 
@@ -192,7 +194,7 @@ def test_sigterm_stops_both_ranks_at_one_step_saves_and_the_run_resumes(
 def launch_processes(ws: Workspace) -> dict[int, str]:
     """Live processes of this workspace's launch, pid -> "launcher" or "rank" (both command lines
     name its job.json; a zombie's is empty)."""
-    job = str(launch_dir(ws.root) / JOB_FILE).encode()
+    job = str(ws.launch_job).encode()
     found = {}
     for entry in Path("/proc").iterdir():
         try:
@@ -215,8 +217,17 @@ def test_ranks_left_by_a_killed_parent_save_and_stop(tmp_path: Path, tiny_qwen2_
     try:
         wait_until(lambda: read_metrics(ws.metrics), within_s=120, what="step", alive=proc)
         assert sorted(launch_processes(ws).values()) == ["launcher", "rank", "rank"]
+        (launcher,) = [pid for pid, role in launch_processes(ws).items() if role == "launcher"]
+        os.kill(launcher, signal.SIGSTOP)  # held, so that it surely outlives the check below
         proc.kill()  # SIGKILL: no handler runs, no stop file is written
         proc.wait()
+        # The workspace stays locked while the launch it started lives on.
+        busy = CliRunner().invoke(
+            main, ["--json", "--workspace", str(ws.root), "fetch", "--offline"]
+        )
+        assert busy.exit_code == 9, busy.output
+        assert f"pid {proc.pid} has exited" in json.loads(busy.stdout)["error"]
+        os.kill(launcher, signal.SIGCONT)  # its death signal is waiting for it
         wait_until(lambda: not launch_processes(ws), within_s=180, what="end of the orphan launch")
     finally:
         for pid in launch_processes(ws):  # whatever the outcome, leave nothing behind
@@ -224,7 +235,7 @@ def test_ranks_left_by_a_killed_parent_save_and_stop(tmp_path: Path, tiny_qwen2_
     checkpoint = last_checkpoint(ws.checkpoints)
     assert checkpoint is not None and checkpoint_step(checkpoint) < 5000  # saved on the way out
     for rank in (0, 1):
-        outcome = json.loads((launch_dir(ws.root) / f"outcome-{rank}.json").read_text())
+        outcome = json.loads(ws.rank_outcome(rank).read_text())
         assert outcome["exit_code"] == 130, outcome
 
 
@@ -254,15 +265,11 @@ def test_a_rank_error_keeps_its_exit_code_through_the_launch(
     assert (ws.root / "launch" / "launch.log").is_file()  # the ranks' whole story is kept
 
 
-def test_run_demo_on_two_ranks_goes_through_every_stage(tmp_path: Path) -> None:
+def test_run_demo_on_two_ranks_goes_through_every_stage(demo_workspace: Path) -> None:
     # `run` is the container's entrypoint: its train stage takes the same multi-process path.
-    from click.testing import CliRunner
-
-    from bootstrap.cli import main
-
-    ws = tmp_path / "ws"
+    ws = demo_workspace
     result = CliRunner().invoke(
-        main, ["--json", "--workspace", str(ws), "run", "--demo", "--gpus", "2"]
+        main, ["--json", "--workspace", str(ws), *QUICK_DEMO, "run", "--demo", "--gpus", "2"]
     )
     assert result.exit_code == 0, result.stderr[-4000:]
     summary = json.loads(result.stdout)

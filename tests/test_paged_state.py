@@ -39,7 +39,9 @@ def test_the_checkpoint_brings_the_marks_back_and_they_are_removed(tmp_path: Pat
     expected = [v.clone() for v in loaded]
     assert unmark_paged_state(optimizer) == len(loaded)
     assert not any(hasattr(v, mark) for v in loaded for mark in PAGED_MARKS)
-    assert all(torch.equal(v, e) for v, e in zip(optimizer.state[param].values(), expected))
+    assert all(
+        torch.equal(v, e) for v, e in zip(optimizer.state[param].values(), expected, strict=True)
+    )
     assert unmark_paged_state(optimizer) == 0
 
 

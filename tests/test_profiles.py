@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from bootstrap.config import TrainConfig
 from bootstrap.detect.gpu import GPU, GPUReport
 from bootstrap.errors import ConfigError, EnvironmentUnfit
-from bootstrap.train.profiles import PROFILE_NAMES, PROFILES, choose_profile
+from bootstrap.planning.profiles import PROFILE_NAMES, PROFILES, choose_profile
 
 # name, MiB and compute capability as nvidia-smi reports them.
 CARDS = {
@@ -67,9 +69,14 @@ def test_tier_and_dtype_from_the_card(card, profile, dtype):
 
 def test_the_16gb_profile_is_the_published_recipe():
     p = choose_profile(report("T4")).profile
-    assert (p.max_seq_length, p.load_in_4bit, p.lora_rank, p.gpu_memory_utilization) == (1024, True, 64, 0.5)
-    assert (p.num_generations, p.max_prompt_length, p.max_completion_length) == (6, 256, 200)
-    assert (p.per_device_train_batch_size, p.gradient_accumulation_steps) == (6, 1)
+    assert (p.max_seq_length, p.load_in_4bit, p.lora_rank, p.gpu_memory_utilization) == (
+        1024,
+        True,
+        64,
+        0.5,
+    )
+    assert (p.num_generations, p.max_prompt_length, p.max_completion_length) == (8, 256, 200)
+    assert (p.per_device_train_batch_size, p.gradient_accumulation_steps) == (8, 1)
 
 
 def test_80gb_drops_4bit():
@@ -125,7 +132,11 @@ def test_cpu_smoke_on_request():
 
 def test_override_keeps_the_gpus_dtype():
     choice = choose_profile(report("H100"), "gpu-24gb")
-    assert (choice.profile.name, choice.profile.dtype, choice.requested) == ("gpu-24gb", "bf16", True)
+    assert (choice.profile.name, choice.profile.dtype, choice.requested) == (
+        "gpu-24gb",
+        "bf16",
+        True,
+    )
     assert "warning" not in choice.reason
     choice = choose_profile(report("T4"), " GPU-80GB ")
     assert (choice.profile.name, choice.profile.dtype) == ("gpu-80gb", "fp16")
@@ -157,8 +168,10 @@ def test_every_profile_satisfies_trl_and_its_own_lengths(name):
 
 
 def test_bigger_tiers_never_give_less():
-    gpu = sorted((p for p in PROFILES.values() if p.requires_gpu), key=lambda p: p.min_gpu_memory_gib)
-    for small, big in zip(gpu, gpu[1:]):
+    gpu = sorted(
+        (p for p in PROFILES.values() if p.requires_gpu), key=lambda p: p.min_gpu_memory_gib
+    )
+    for small, big in itertools.pairwise(gpu):
         assert big.num_generations >= small.num_generations
         assert big.max_completion_length >= small.max_completion_length
 

@@ -19,7 +19,7 @@ from huggingface_hub import constants as hf_constants
 
 from bootstrap.cli import main
 from bootstrap.config import EndpointsConfig
-from bootstrap.errors import BootstrapError, EnvironmentUnfit
+from bootstrap.errors import EnvironmentUnfit, PushFailed
 from bootstrap.export import export
 from bootstrap.export.manifest import (
     ExportManifest,
@@ -255,13 +255,14 @@ def test_401_is_not_retried_and_the_error_hides_the_token(
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     caplog.set_level(logging.DEBUG)
     with FakeHFHub(token="hf_theRightOne") as hub:
-        with pytest.raises(BootstrapError) as caught:
+        with pytest.raises(PushFailed) as caught:
             push(root, manifest, [f"hf:{REPO}"], endpoints=endpoints(hub.url), policy=FAST)
         creates = hub.requests("/api/repos/create", "POST")
         commits = hub.requests("/commit/", "POST")
     assert [r.status for r in creates] == [401]
     assert len(commits) <= 1 and all(r.status == 401 for r in commits)
     assert "401" in str(caught.value) and f"hf:{REPO}" in str(caught.value)
+    assert caught.value.exit_code == 8
     assert TOKEN not in str(caught.value)
     assert all(TOKEN not in r.getMessage() for r in caplog.records)
 
@@ -421,7 +422,7 @@ def test_modelscope_401_is_not_retried_and_the_error_hides_the_token(
     caplog.set_level(logging.DEBUG)
     slept: list[float] = []
     with FakeModelScope(token="ms-theRightOne") as ms:
-        with pytest.raises(BootstrapError) as caught:
+        with pytest.raises(PushFailed) as caught:
             _ms_push(root, manifest, ms, sleep=slept.append)
         statuses = [(r.method, r.path, r.status) for r in ms.records]
     assert statuses == [("POST", "/api/v1/models", 401)], "refused once, nothing after"

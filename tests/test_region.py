@@ -182,6 +182,36 @@ def test_requests_carry_the_headers_and_query_each_service_documents(
     assert (report.region, report.decided_by) == ("cn", "metadata:alibaba")
 
 
+def test_aws_from_a_container_past_the_hop_limit_falls_back_to_imdsv1(
+    fake_servers: Servers,
+) -> None:
+    server = fake_servers()
+    play_cloud(server, "aws", "cn-northwest-1", mode="hop-limit")
+    report = detect_region("auto", endpoints(aws_metadata_url=server.url), environ=NEUTRAL)
+    assert (report.region, report.decided_by) == ("cn", "metadata:aws")
+    detail = evidence(report, "metadata:aws").detail
+    assert "IMDSv1" in detail and "--http-put-response-hop-limit 2" in detail
+    put, get = server.requests
+    assert (put.method, get.method) == ("PUT", "GET")
+    assert "x-aws-ec2-metadata-token" not in get.headers
+
+
+def test_aws_past_the_hop_limit_with_tokens_required_says_how_to_fix_it(
+    fake_servers: Servers,
+) -> None:
+    server = fake_servers()
+    play_cloud(server, "aws", "us-east-1", mode="hop-limit-v2-only")
+    started = time.monotonic()
+    report = detect_region("auto", endpoints(aws_metadata_url=server.url), environ=NEUTRAL)
+    assert time.monotonic() - started < 2.0  # still within detect_timeout_s (1.5 s)
+    outcome = evidence(report, "metadata:aws")
+    assert outcome.points_to is None
+    assert (
+        "hop limit of 1" in outcome.detail and "--http-put-response-hop-limit 2" in outcome.detail
+    )
+    assert report.decided_by == "default"
+
+
 def test_alibaba_normal_mode_without_token_endpoint_still_answers(fake_servers: Servers) -> None:
     server = fake_servers()
     server.route("GET", "/latest/meta-data/region-id", Reply(body="cn-shanghai"))
@@ -275,14 +305,17 @@ def test_everything_hanging_returns_within_two_seconds(fake_servers: Servers) ->
     report = detect_region("auto", urls, timeout_s=1.5, environ={"TZ": "Asia/Shanghai"})
     wall = time.monotonic() - started
     assert wall < 2.0
-    assert len(tarpit.requests) == len(EndpointsConfig.model_fields)  # every probe was sent
+    # every probe was sent, and AWS's IMDSv1 GET after its token request went unanswered
+    assert len(tarpit.requests) == len(EndpointsConfig.model_fields) + 1
     assert (report.region, report.decided_by) == ("cn", "timezone")
     assert [p.ok for p in report.probes] == [False, False, False]
     assert all(p.error == "no answer within 1.5 s" for p in report.probes)
     assert all(
         evidence(report, f"metadata:{p}").detail == "no answer within 1.5 s"
         for p in METADATA_FIELDS
+        if p != "aws"  # a token request accepted and never answered: the hop limit's mark
     )
+    assert "hop limit" in evidence(report, "metadata:aws").detail
 
 
 def test_slow_metadata_within_budget_still_counts(fake_servers: Servers) -> None:

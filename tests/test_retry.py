@@ -41,7 +41,12 @@ def requests_error(status: int) -> requests.HTTPError:
     [
         (httpx.ConnectError("refused"), True),
         (httpx.ReadTimeout("stalled"), True),
-        (httpx.RemoteProtocolError("peer closed connection without sending complete message body"), True),
+        (
+            httpx.RemoteProtocolError(
+                "peer closed connection without sending complete message body"
+            ),
+            True,
+        ),
         (requests.exceptions.ChunkedEncodingError("dropped"), True),
         (requests.ConnectionError("reset"), True),
         (httpx_error(500), True),
@@ -109,7 +114,13 @@ def test_final_error_is_not_retried_and_every_attempt_is_recorded() -> None:
         raise httpx_error(404)
 
     with pytest.raises(httpx.HTTPStatusError):
-        call_with_retries(gone, RetryPolicy(), what="t", on_attempt=lambda n, e: seen.append((n, str(e))), sleep=lambda s: None)
+        call_with_retries(
+            gone,
+            RetryPolicy(),
+            what="t",
+            on_attempt=lambda n, e: seen.append((n, str(e))),
+            sleep=lambda s: None,
+        )
     assert seen == [(1, "status 404")]
 
 
@@ -120,5 +131,11 @@ def test_attempts_are_bounded() -> None:
         raise httpx.ConnectError("refused")
 
     with pytest.raises(httpx.ConnectError):
-        call_with_retries(down, RetryPolicy(attempts=4), what="t", on_attempt=lambda n, e: seen.append(n), sleep=lambda s: None)
+        call_with_retries(
+            down,
+            RetryPolicy(attempts=4),
+            what="t",
+            on_attempt=lambda n, e: seen.append(n),
+            sleep=lambda s: None,
+        )
     assert seen == [1, 2, 3, 4]

@@ -10,13 +10,18 @@ import sys
 
 import pytest
 
-from bootstrap.train.rewards import (
+from bootstrap.task.rewards import (
     REWARD_FUNCS,
     correctness,
+    correctness_notebook,
     integer_answer,
+    integer_answer_notebook,
     soft_format,
+    soft_format_notebook,
     strict_format,
+    strict_format_notebook,
     xmlcount,
+    xmlcount_notebook,
 )
 
 REASONING = (
@@ -113,7 +118,9 @@ def test_wrong_number_keeps_format_rewards_and_loses_correctness() -> None:
         ("eighteen", "18", False, False),
     ],
 )
-def test_commas_currency_and_units(written: str, gold: str, correct: bool, is_integer: bool) -> None:
+def test_commas_currency_and_units(
+    written: str, gold: str, correct: bool, is_integer: bool
+) -> None:
     completion = with_answer(written)
     assert correctness(completion, gold) == (2.0 if correct else 0.0)
     assert integer_answer(completion) == (0.5 if is_integer else 0.0)
@@ -162,7 +169,7 @@ def test_soft_format_must_start_with_the_reasoning_block() -> None:
         PERFECT.replace("<reasoning>\n", "<reasoning>"),  # tag not on its own line
         PERFECT.replace("</reasoning>\n<answer>", "</reasoning>\n\n<answer>"),  # blank line between
         # a second block hidden inside the reasoning body
-        f"<reasoning>\nx\n</reasoning>\n<answer>\n1\n</answer>\n<reasoning>\ny\n</reasoning>\n"
+        "<reasoning>\nx\n</reasoning>\n<answer>\n1\n</answer>\n<reasoning>\ny\n</reasoning>\n"
         "<answer>\n72\n</answer>\n",
     ],
 )
@@ -171,7 +178,9 @@ def test_strict_format_rejects_any_other_layout(completion: str) -> None:
 
 
 def test_strict_format_accepts_multi_line_blocks() -> None:
-    completion = f"<reasoning>\n{REASONING}\n\nCheck: 72 / 6 = 12.\n</reasoning>\n<answer>\n72\n</answer>"
+    completion = (
+        f"<reasoning>\n{REASONING}\n\nCheck: 72 / 6 = 12.\n</reasoning>\n<answer>\n72\n</answer>"
+    )
     assert strict_format(completion) == 0.5
 
 
@@ -184,18 +193,20 @@ GOLDS = ["72", "72", "72", "72", "1234"]
 
 
 def test_batch_form_matches_the_pure_functions_for_text_and_messages() -> None:
-    expected = [scores(text, gold) for text, gold in zip(BATCH, GOLDS)]
+    expected = [scores(text, gold) for text, gold in zip(BATCH, GOLDS, strict=True)]
     for completions in (BATCH, [conversational(text) for text in BATCH]):
         columns = [f(completions=completions, answer=GOLDS) for f in REWARD_FUNCS]
         assert all(len(column) == len(BATCH) for column in columns)
-        assert [list(row) for row in zip(*columns)] == expected
+        assert [list(row) for row in zip(*columns, strict=True)] == expected
 
 
 def test_batch_form_ignores_the_other_arguments_trl_passes() -> None:
     completions = [conversational(PERFECT)]
     prompts = [[{"role": "user", "content": "How much?"}]]
     extra = {"completion_ids": [[1, 2]], "question": ["How much?"], "trainer_state": None}
-    out = [f(prompts=prompts, completions=completions, answer=["72"], **extra) for f in REWARD_FUNCS]
+    out = [
+        f(prompts=prompts, completions=completions, answer=["72"], **extra) for f in REWARD_FUNCS
+    ]
     assert out == [[0.5], [0.5], [0.5], [0.5], [2.0]]
 
 
@@ -208,7 +219,7 @@ def test_batch_names_are_stable_and_follow_the_recipe_order() -> None:
 
 
 def test_correctness_needs_the_answer_column() -> None:
-    with pytest.raises(ValueError, match="correctness.*answer"):
+    with pytest.raises(ValueError, match=r"correctness.*answer"):
         REWARD_FUNCS[4](completions=[PERFECT])
 
 
@@ -235,7 +246,7 @@ def test_signature_accepts_trls_keyword_call() -> None:
 
 def test_rewards_import_without_torch_or_datasets() -> None:
     code = (
-        "import sys, bootstrap.train.rewards, bootstrap.train.data;"
+        "import sys, bootstrap.task.rewards, bootstrap.task.dataset, bootstrap.task.spec;"
         "print(sorted(m for m in ('torch', 'datasets', 'trl') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -250,7 +261,7 @@ def test_trl_grpo_trainer_calls_our_rewards(tmp_path) -> None:
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
-    from bootstrap.train.data import build_prompt
+    from bootstrap.task.prompts import build_prompt
 
     vocab = {chr(ord("a") + i): i for i in range(26)} | {"<unk>": 26, "<pad>": 27, "<eos>": 28}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -269,9 +280,14 @@ def test_trl_grpo_trainer_calls_our_rewards(tmp_path) -> None:
         processing_class=tokenizer,
         reward_funcs=list(REWARD_FUNCS),
         args=GRPOConfig(
-            output_dir=str(tmp_path), per_device_train_batch_size=2, num_generations=2,
-            max_completion_length=4, report_to="none", use_cpu=True, max_steps=1,
-        ),  # fmt: skip
+            output_dir=str(tmp_path),
+            per_device_train_batch_size=2,
+            num_generations=2,
+            max_completion_length=4,
+            report_to="none",
+            use_cpu=True,
+            max_steps=1,
+        ),
         train_dataset=Dataset.from_list(rows),
     )
     assert trainer.reward_func_names == EXPECTED_NAMES
@@ -280,4 +296,37 @@ def test_trl_grpo_trainer_calls_our_rewards(tmp_path) -> None:
     prompts = [row["prompt"] for row in rows]
     got = trainer._calculate_rewards([dict(r) for r in rows], prompts, completions, [[1], [2]])
     assert got.shape == (2, 5)
-    assert got.flatten().tolist() == pytest.approx(scores(PERFECT) + scores(with_answer("71") + "!!"))
+    assert got.flatten().tolist() == pytest.approx(
+        scores(PERFECT) + scores(with_answer("71") + "!!")
+    )
+
+
+# --- the notebook's own five, as they behave ---------------------------------------------------
+
+NOTEBOOK_LAYOUT = "<reasoning>\nthink\n</reasoning>\n<answer>\n18\n</answer>\n"
+
+
+def test_the_notebooks_xmlcount_pays_for_trailing_text_twice_and_for_a_missing_newline() -> None:
+    assert xmlcount_notebook(NOTEBOOK_LAYOUT) == pytest.approx(0.5)
+    trailing = NOTEBOOK_LAYOUT + "more"
+    assert xmlcount_notebook(trailing) == pytest.approx(0.5 - 0.004 - 0.004)  # both branches
+    assert xmlcount(trailing) == pytest.approx(0.5 - 0.004)  # ours: once
+    stops = NOTEBOOK_LAYOUT.removesuffix("\n")  # EOS right after </answer>: no "\n</answer>\n"
+    assert xmlcount_notebook(stops) == pytest.approx(0.5 - 0.001 * len(stops) + 0.001)
+    assert xmlcount(stops) == pytest.approx(0.5)
+
+
+def test_the_notebooks_format_rewards_match_one_line_bodies_only() -> None:
+    multi = "<reasoning>\na\nb\n</reasoning>\n<answer>\n18\n</answer>\n"
+    assert soft_format_notebook(multi) == 0.0 and soft_format(multi) == 0.5
+    assert strict_format_notebook(NOTEBOOK_LAYOUT) == 0.5 and strict_format_notebook(multi) == 0.0
+    assert strict_format_notebook(NOTEBOOK_LAYOUT + "\n") == 0.5  # "$" matches before a newline
+    assert strict_format_notebook(NOTEBOOK_LAYOUT.removesuffix("\n")) == 0.0
+
+
+def test_the_notebooks_answer_rewards_compare_raw_text() -> None:
+    assert integer_answer_notebook(NOTEBOOK_LAYOUT.replace("18", "٣")) == 0.5  # any script's digits
+    assert integer_answer_notebook(NOTEBOOK_LAYOUT.replace("18", "-5")) == 0.0
+    assert correctness_notebook(NOTEBOOK_LAYOUT.replace("18", "1,234"), "1234") == 0.0
+    assert correctness(NOTEBOOK_LAYOUT.replace("18", "1,234"), "1234") == 2.0
+    assert correctness_notebook(NOTEBOOK_LAYOUT, "18") == 2.0

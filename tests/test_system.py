@@ -104,12 +104,16 @@ def test_nvcc_under_cuda_home_off_path(tmp_path, monkeypatch):
 
 
 def test_broken_nvcc(tmp_path, monkeypatch):
-    _executable(tmp_path / "bin" / "nvcc", "echo 'error while loading shared libraries' >&2; exit 127")
+    _executable(
+        tmp_path / "bin" / "nvcc", "echo 'error while loading shared libraries' >&2; exit 127"
+    )
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
     assert cuda_toolkit_version() is None
 
 
-@pytest.mark.skipif(not os.access("/usr/local/cuda/bin/nvcc", os.X_OK), reason="no CUDA toolkit here")
+@pytest.mark.skipif(
+    not os.access("/usr/local/cuda/bin/nvcc", os.X_OK), reason="no CUDA toolkit here"
+)
 def test_real_toolkit_off_path(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("CUDA_HOME", raising=False)
@@ -143,4 +147,6 @@ def test_unlimited_cgroup_reports_the_host(tmp_path, monkeypatch):
     report = detect_system(tmp_path)
     assert report.cpu_count == len(os.sched_getaffinity(0))
     meminfo = Path("/proc/meminfo").read_text().split()
-    assert report.ram_total_gib == round(int(meminfo[meminfo.index("MemTotal:") + 1]) * 1024 / 1024**3, 2)
+    assert report.ram_total_gib == round(
+        int(meminfo[meminfo.index("MemTotal:") + 1]) * 1024 / 1024**3, 2
+    )

@@ -22,12 +22,14 @@ from typing import Any
 
 import pytest
 
+from bootstrap.caches import CACHE_DIRS
 from bootstrap.config import load_config
 from bootstrap.detect import detect
 from bootstrap.errors import ConfigError, EnvironmentUnfit, TrainingFailed
-from bootstrap.plan import Plan, build_plan
+from bootstrap.planning.plan import Plan, build_plan
+from bootstrap.task.rewards import REWARD_FUNCS
+from bootstrap.train import grpo
 from bootstrap.train.backends import TrlBackend
-from bootstrap.train.caches import CACHE_DIRS
 from bootstrap.train.grpo import (
     RECIPE_BETA,
     StopRequest,
@@ -37,7 +39,6 @@ from bootstrap.train.grpo import (
     train,
 )
 from bootstrap.train.metrics import prune_metrics, read_metrics
-from bootstrap.train.rewards import REWARD_FUNCS
 from bootstrap.workspace import Workspace
 from tests.fakes.assets import write_gsm8k
 from tests.waiting import wait_until
@@ -80,6 +81,20 @@ def trainer_state(checkpoint: Path) -> dict[str, Any]:
     return json.loads((checkpoint / "trainer_state.json").read_text())
 
 
+def _caches_while_training(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, str | None]]:
+    """The cache variables as the trainer is built (after the model loaded), recorded by a spy
+    around the metrics callback's construction, which happens right then."""
+    seen: list[dict[str, str | None]] = []
+    real = grpo.metrics_callback
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append({name: os.environ.get(name) for name in CACHE_DIRS})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grpo, "metrics_callback", spy)
+    return seen
+
+
 @pytest.fixture(scope="module")
 def flow(tmp_path_factory: pytest.TempPathFactory, tiny_qwen2_dir: Path) -> dict[str, Any]:
     """Train 2 steps, then again with max_steps 4 (resume), then again (already done)."""
@@ -88,8 +103,9 @@ def flow(tmp_path_factory: pytest.TempPathFactory, tiny_qwen2_dir: Path) -> dict
         for name in CACHE_DIRS:  # unset, as on a fresh machine; restored afterwards
             env.setenv(name, "")
             env.delenv(name)
+        during = _caches_while_training(env)
         first = train(make_plan(ws, max_steps=2, save_steps=2), ws, show_progress=False)
-        caches = {name: os.environ.get(name) for name in CACHE_DIRS}
+        caches = {"during": during[0], "after": {name: os.environ.get(name) for name in CACHE_DIRS}}
     after_first = {
         "metrics": read_metrics(ws.metrics),
         "lora_config": json.loads((ws.lora / "adapter_config.json").read_text()),
@@ -167,10 +183,13 @@ def test_the_saved_adapter_loads_and_holds_only_the_trained_weights(flow: dict[s
     assert len(tensors) == 2 * 7 * 2
 
 
-def test_compile_caches_were_pointed_into_the_workspace(flow: dict[str, Any]) -> None:
+def test_compile_caches_were_pointed_into_the_workspace_while_training(
+    flow: dict[str, Any],
+) -> None:
     cache_root = flow["ws"].cache
-    assert flow["caches"] == {name: str(cache_root / d) for name, d in CACHE_DIRS.items()}
+    assert flow["caches"]["during"] == {name: str(cache_root / d) for name, d in CACHE_DIRS.items()}
     assert all((cache_root / d).is_dir() for d in CACHE_DIRS.values())
+    assert flow["caches"]["after"] == dict.fromkeys(CACHE_DIRS)  # and unset again afterwards
 
 
 def test_caches_an_engine_moved_while_the_model_loaded_are_the_workspaces_again(
@@ -192,9 +211,10 @@ def test_caches_an_engine_moved_while_the_model_loaded_are_the_workspaces_again(
         return loaded
 
     monkeypatch.setattr(TrlBackend, "load", load_starting_an_engine)
+    during = _caches_while_training(monkeypatch)
     train(make_plan(ws, max_steps=1, save_steps=1), ws, show_progress=False)
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(ws.cache / "torchinductor")
-    assert os.environ["TRITON_CACHE_DIR"] == str(ws.cache / "triton")
+    assert during[0]["TORCHINDUCTOR_CACHE_DIR"] == str(ws.cache / "torchinductor")
+    assert during[0]["TRITON_CACHE_DIR"] == str(ws.cache / "triton")
 
 
 def test_training_keys_compiled_regions_by_kernel_not_by_side_table_position(
@@ -266,6 +286,20 @@ def test_a_finished_run_whose_lora_was_lost_takes_it_from_the_final_checkpoint(
         assert (ws.lora / name).read_bytes() == (final / name).read_bytes()
 
 
+def test_adapter_saves_a_kill_cut_short_are_cleared_and_the_lora_is_readable(
+    tmp_path: Path, flow: dict[str, Any]
+) -> None:
+    src: Workspace = flow["ws"]
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(src.root, ws.root)
+    (ws.root / ".lora.k1ll3d.tmp").mkdir()  # what a kill -9 during the save leaves
+    shutil.rmtree(ws.lora)
+    train(make_plan(ws, max_steps=4, save_steps=2), ws, show_progress=False)
+    assert not list(ws.root.glob(".lora.*"))
+    for path in (ws.lora, *ws.lora.iterdir()):  # a second user of the workspace can read it
+        assert path.stat().st_mode & 0o044 == 0o044, oct(path.stat().st_mode)
+
+
 def test_sigterm_saves_a_checkpoint_exits_130_and_the_run_resumes(
     tmp_path: Path, tiny_qwen2_dir: Path
 ) -> None:
@@ -293,7 +327,12 @@ def test_sigterm_saves_a_checkpoint_exits_130_and_the_run_resumes(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+            ),
+        },
     )
     try:
         wait_until(lambda: metric_steps(ws), within_s=120, what="training step", alive=proc)
@@ -308,7 +347,7 @@ def test_sigterm_saves_a_checkpoint_exits_130_and_the_run_resumes(
     step = trainer_state(checkpoint)["global_step"]
     assert checkpoint.name == f"checkpoint-{step}" and step < 200
     assert f"checkpoint saved at step {step}" in stderr
-    assert "grpo-bootstrap train" in stderr  # says how to resume
+    assert "again to resume from it" in stderr  # says how to resume (the CLI names the command)
     assert metric_steps(ws) == list(range(1, step + 1))
     assert not ws.lora.exists()  # an interrupted run has no final adapter
 
@@ -327,7 +366,7 @@ def test_a_trainer_failure_is_training_failed_naming_the_kept_checkpoint(
         train(make_plan(ws, max_steps=2), ws, show_progress=False)
     assert caught.value.exit_code == 5
     assert "no checkpoint was written yet" in str(caught.value)
-    assert "grpo-bootstrap train" in str(caught.value)
+    assert "again to resume from the last checkpoint" in str(caught.value)
 
 
 def test_a_missing_model_says_to_fetch(tmp_path: Path) -> None:
@@ -345,13 +384,14 @@ def test_the_grpo_config_carries_the_recipe_and_falls_back_from_8bit_adam_on_cpu
     from trl import GRPOConfig
 
     settings = make_plan(Workspace(tmp_path)).require_training()
-    settings = settings.model_copy(update={"optim": "paged_adamw_8bit"})  # the recipe's
+    settings = settings.model_copy(update={"optim": "adamw_8bit"})  # the notebook's, as on GPU
     kwargs = grpo_config_kwargs(settings, output_dir=tmp_path, cuda=False, bitsandbytes=False)
     args = GRPOConfig(**kwargs)  # every name must be a real TRL 1.15 / transformers 5 field
     assert args.optim == "adamw_torch"
     assert (args.learning_rate, args.adam_beta1, args.adam_beta2) == (5e-6, 0.9, 0.99)
     assert (args.weight_decay, args.warmup_steps, args.max_grad_norm) == (0.1, 0.1, 0.1)
     assert args.lr_scheduler_type == "cosine" and args.beta == RECIPE_BETA
+    assert (args.temperature, args.loss_type) == (0.9, "grpo")  # TRL 0.14's sampling and loss
     assert (args.bf16, args.fp16) == (False, False)  # cpu-smoke is fp32; TRL would default bf16
     assert args.num_generations == 2 and args.generation_batch_size == 2
     assert args.report_to == []  # "none": no wandb, no tensorboard
@@ -362,7 +402,31 @@ def test_the_grpo_config_carries_the_recipe_and_falls_back_from_8bit_adam_on_cpu
         cuda=True,
         bitsandbytes=True,
     )
-    assert on_gpu["optim"] == "paged_adamw_8bit" and on_gpu["bf16"] and not on_gpu["fp16"]
+    assert on_gpu["optim"] == "adamw_8bit" and on_gpu["bf16"] and not on_gpu["fp16"]
+
+
+def test_cpu_threads_sets_torchs_threads_and_continues_the_run(tmp_path: Path) -> None:
+    import torch
+
+    from bootstrap.pipeline.state import fingerprints
+    from bootstrap.train.backends import limit_cpu_threads
+
+    ws = Workspace(tmp_path)
+    default = make_plan(ws)
+    one = make_plan(ws, cpu_threads=1)
+    assert one.require_training().cpu_threads == 1
+    # Where the run goes and how fast, not what a step computes: the same run continues.
+    assert fingerprints(one) == fingerprints(default)
+    assert fingerprints(make_plan(ws, learning_rate=1e-5)) != fingerprints(default)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert limit_cpu_threads(default.require_training()) is None
+        assert torch.get_num_threads() == 2
+        assert limit_cpu_threads(one.require_training()) == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_last_checkpoint_skips_a_save_that_was_cut_short(tmp_path: Path) -> None:
@@ -456,7 +520,7 @@ def test_unsloth_asked_for_where_it_does_not_import_is_environment_unfit(
 def test_unsloth_chosen_automatically_falls_back_to_trl_when_it_does_not_import(
     tmp_path: Path,
 ) -> None:
-    from bootstrap.plan import BackendChoice
+    from bootstrap.planning.plan import BackendChoice
     from bootstrap.train.backends import make_backend
 
     settings = make_plan(Workspace(tmp_path)).require_training()
@@ -480,3 +544,32 @@ def test_importing_the_training_modules_leaves_torch_transformers_and_trl_unload
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_long_prompts_are_dropped_whole_or_cut_from_the_left_as_the_recipe_says(
+    smollm2_dir: Path,
+) -> None:
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(smollm2_dir))
+    system = {"role": "system", "content": "Answer in XML."}
+    short = [system, {"role": "user", "content": "What is 2 + 2?"}]
+    long = [system, {"role": "user", "content": "Count the sheep. " * 80}]
+    dataset = Dataset.from_list([{"prompt": short}, {"prompt": long}])
+    short_len, long_len = grpo.prompt_lengths(dataset, tokenizer)
+    limit = (short_len + long_len) // 2
+
+    kept = grpo.filter_long_prompts(dataset, tokenizer, limit)
+    assert [row["prompt"] for row in kept] == [short]  # the short one stays as messages
+
+    cut = grpo.truncate_long_prompts(dataset, tokenizer, limit)
+    texts = [row["prompt"] for row in cut]
+    assert all(isinstance(text, str) for text in texts)
+    assert "Answer in XML." in texts[0]  # within the limit: the whole chat text
+    assert "Answer in XML." not in texts[1]  # the left cut takes the system prompt first
+    assert texts[1].rstrip().endswith("assistant")  # and keeps the generation prompt
+    assert len(tokenizer(texts[1], add_special_tokens=False)["input_ids"]) <= limit + 1
+
+    with pytest.raises(ConfigError, match="max_prompt_length"):
+        grpo.filter_long_prompts(dataset, tokenizer, short_len - 1)

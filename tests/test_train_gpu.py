@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from bootstrap.train.caches import CACHE_DIRS
+from bootstrap.caches import CACHE_DIRS
 from bootstrap.train.metrics import read_metrics
 from bootstrap.workspace import Workspace
 from tests.fakes.assets import write_gsm8k
@@ -82,7 +82,7 @@ def run_train(ws: Workspace, **flags: Any) -> dict[str, Any]:
         import json, logging, sys
         from bootstrap.config import load_config
         from bootstrap.detect import detect
-        from bootstrap.plan import build_plan
+        from bootstrap.planning.plan import build_plan
         from bootstrap.workspace import Workspace
         from bootstrap.train.grpo import train
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
@@ -100,11 +100,14 @@ def run_train(ws: Workspace, **flags: Any) -> dict[str, Any]:
         env={
             # Caches configured by the machine would win over the workspace's (caches.py).
             **{k: v for k, v in os.environ.items() if k not in CACHE_DIRS},
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+            ),
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
         },
         timeout=1800,
+        check=False,
     )
     (ws.root / "train.log").write_text(proc.stderr)  # the whole log, kept with the workspace
     assert proc.returncode == 0, proc.stderr[-6000:]
@@ -132,7 +135,7 @@ def check_run(
     print(
         f"\n{backend}/{generation}: first step {lines[0]['step_seconds']:.1f} s, "
         f"median steady {steady[len(steady) // 2]:.2f} s/step, "
-        f"peak torch {max(l['gpu_max_memory_allocated_bytes'] for l in lines) / 2**30:.2f} GiB"
+        f"peak torch {max(line['gpu_max_memory_allocated_bytes'] for line in lines) / 2**30:.2f} GiB"
     )
     return lines
 
@@ -195,7 +198,12 @@ def test_memory_limit_holds_torch_and_vllm_to_the_cap(tmp_path: Path) -> None:
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
     }
     proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -21,7 +21,7 @@ import pytest
 
 from bootstrap.config import load_config
 from bootstrap.errors import Interrupted, TrainingFailed
-from bootstrap.train.vllm_server import server_overrides, vllm_server
+from bootstrap.launch.vllm_server import server_overrides, vllm_server
 from tests.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +179,7 @@ def test_the_server_does_not_outlive_a_killed_parent(tmp_path: Path, stub_server
         import sys, time
         from pathlib import Path
         from bootstrap.config import load_config
-        from bootstrap.train.vllm_server import vllm_server
+        from bootstrap.launch.vllm_server import vllm_server
 
         settings = load_config(environ={}, flags={"max_seq_length": 1024}).config.train
         with vllm_server(Path(sys.argv[1]), settings, device="0", log_path=Path(sys.argv[2])):

@@ -6,6 +6,10 @@
 - The model is a Qwen2ForCausalLM of random weights (well under a million parameters) with a
   byte-level BPE tokenizer trained on that same text, Qwen's pre-tokenizer and special tokens and
   a ChatML chat template, so every Qwen2 code path runs; what it answers is noise.
+- :func:`warm_up` then pre-trains that model, supervised, on chats of its own generated rows:
+  most replies in GSM8K's own layout, a small share in the recipe's XML layout.  The model so
+  starts GRPO the way a small instruct model does, following the format now and then, and GRPO
+  has a signal to learn from; a random model scores 0 on every reward and cannot learn at all.
 
 Everything is deterministic for a seed.  torch, transformers, tokenizers and pyarrow are imported
 inside the functions that need them, so importing this module costs nothing.
@@ -19,6 +23,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 # --- building a directory in one piece ---------------------------------------------------------
 
@@ -202,7 +207,7 @@ TOKENIZER_FILES = (
 
 def _tokenizer_corpus(seed: int) -> Iterator[str]:
     """Text like what the model will see: chat roles, the recipe's prompt and XML, GSM8K rows."""
-    from bootstrap.train.data import SYSTEM_PROMPT
+    from bootstrap.task.prompts import SYSTEM_PROMPT
 
     yield f"system\n{SYSTEM_PROMPT}\nuser\nassistant\n"
     for row in gsm8k_rows(512, seed):
@@ -274,3 +279,100 @@ def build_tiny_qwen2(dest: Path, seed: int = 0, tokenizer_from: Path | None = No
     )
     Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(dest)
     return dest
+
+
+# --- a head start: supervised pre-training on the demo's own rows ---------------------------
+
+
+def xml_reply(answer: str) -> str:
+    """A GSM8K answer rewritten in the recipe's layout: its steps as the reasoning, the number
+    after "####" as the answer (the form the strict format reward pays for)."""
+    steps, _, gold = answer.rpartition("\n#### ")
+    return f"<reasoning>\n{steps}\n</reasoning>\n<answer>\n{gold}\n</answer>"
+
+
+def warm_up_chats(
+    tokenizer: Any, rows: int, xml_share: float, seed: int
+) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, reply ids) for ``rows`` generated rows: the recipe's system prompt and the
+    question, then the reply in XML for about ``xml_share`` of them and else the GSM8K answer
+    as it is, ending with the end-of-turn token so the model learns to stop."""
+    from bootstrap.task.prompts import build_prompt
+
+    rng = random.Random(seed)
+    chats = []
+    for row in gsm8k_rows(rows, seed):
+        reply = xml_reply(row["answer"]) if rng.random() < xml_share else row["answer"]
+        prompt = tokenizer.apply_chat_template(
+            build_prompt(row["question"]), tokenize=False, add_generation_prompt=True
+        )
+        chats.append((
+            tokenizer(prompt, add_special_tokens=False)["input_ids"],
+            tokenizer(reply + tokenizer.eos_token, add_special_tokens=False)["input_ids"],
+        ))  # fmt: skip
+    return chats
+
+
+def warm_up(
+    model_dir: Path,
+    *,
+    rows: int,
+    xml_share: float,
+    steps: int,
+    learning_rate: float,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> None:
+    """Pre-train the model in ``model_dir`` in place on :func:`warm_up_chats` (the loss on the
+    replies only); AdamW, a linear warm-up over the first 20 steps then a linear decay to 0.
+
+    One CPU thread: the model is too small for a second one to help, and one thread adds up in
+    the same order whatever the machine's core count, so a seed gives the same bytes on any.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        chats = warm_up_chats(tokenizer, rows, xml_share, seed)
+        torch.manual_seed(seed)
+        rng = random.Random(seed)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / 20) * (1 - step / steps)
+        )
+        model.train()
+        order: list[int] = []
+        for _ in range(steps):
+            if len(order) < batch_size:
+                order = list(range(len(chats)))
+                rng.shuffle(order)
+            batch = [chats[order.pop()] for _ in range(batch_size)]
+            loss = model(**_padded(batch, tokenizer.pad_token_id)).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+        model.to(torch.bfloat16).save_pretrained(model_dir)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _padded(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
+    """A right-padded batch whose labels are the replies' tokens (-100, ignored, elsewhere)."""
+    import torch
+
+    width = max(len(prompt) + len(reply) for prompt, reply in batch)
+    ids = torch.full((len(batch), width), pad_id)
+    labels = torch.full((len(batch), width), -100)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, (prompt, reply) in enumerate(batch):
+        end = len(prompt) + len(reply)
+        ids[i, :end] = torch.tensor(prompt + reply)
+        labels[i, len(prompt) : end] = torch.tensor(reply)
+        mask[i, :end] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

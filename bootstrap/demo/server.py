@@ -106,6 +106,12 @@ class Exchange:
         h.end_headers()
         if self.request.method == "HEAD" or length == 0:
             return status
+        if body_filter is None and isinstance(response.body, Path):
+            # As a real server sends a file (sendfile(2)): the kernel copies it while this thread
+            # holds no GIL, so many connections at once do not queue for it chunk by chunk.
+            with response.body.open("rb") as fh:
+                h.connection.sendfile(fh, start, length)
+            return status
         chunks = iter_body(response.body, start, length)
         for chunk in body_filter(chunks, length) if body_filter else chunks:
             h.wfile.write(chunk)
@@ -115,10 +121,14 @@ class Exchange:
         """Close the connection after this exchange; ``reset`` sends a TCP RST, not a FIN."""
         self._handler.wfile.flush()
         if reset:
-            # SO_LINGER with a zero timeout turns close() into a reset.
-            self._handler.connection.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-            )
+            # SO_LINGER with a zero timeout turns close() into a reset.  Closed here and now: the
+            # server would shut the socket down for writing first, and a client that reads that
+            # FIN before the RST sees a clean end of stream instead of a reset.
+            connection = self._handler.connection
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self._handler.rfile.close()  # the socket closes once its file objects have
+            self._handler.wfile.close()
+            connection.close()
         self._handler.close_connection = True
 
 
@@ -129,7 +139,8 @@ class RouteServer:
     error format) and :meth:`serve` (how an answer is sent).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host  # any loopback address (127.0.0.0/8): a second host name for a CDN
         self._routes: list[tuple[frozenset[str], re.Pattern[str], Route]] = []
         # Set on stop(), so a handler that waits (a test's stall) wakes up and gives up.
         self.stopping = threading.Event()
@@ -172,7 +183,7 @@ class RouteServer:
 
     def start(self) -> RouteServer:
         """Bind a free loopback port and serve in a daemon thread."""
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(self))
+        self._httpd = ThreadingHTTPServer((self.host, 0), _handler_class(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,

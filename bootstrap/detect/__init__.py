@@ -6,7 +6,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel
 
+from bootstrap import constants as C
 from bootstrap.config import JobConfig
+from bootstrap.detect.cuda_fit import CudaFit, check_cuda_fit, installed_torch_cuda
 from bootstrap.detect.gpu import GPUReport, detect_gpus
 from bootstrap.detect.region import RegionReport, detect_region
 from bootstrap.detect.system import SystemReport, detect_system
@@ -16,6 +18,7 @@ class Detection(BaseModel, frozen=True):
     region: RegionReport
     gpus: GPUReport
     system: SystemReport
+    cuda: CudaFit
 
 
 def detect(config: JobConfig) -> Detection:
@@ -30,4 +33,9 @@ def detect(config: JobConfig) -> Detection:
         )
         gpus = pool.submit(detect_gpus, timeout_s=config.detect_timeout_s)
         system = pool.submit(detect_system, config.workspace)
-        return Detection(region=region.result(), gpus=gpus.result(), system=system.result())
+        cuda = check_cuda_fit(
+            gpus.result(), torch_cuda=installed_torch_cuda(), image_variant=C.image_variant()
+        )
+        return Detection(
+            region=region.result(), gpus=gpus.result(), system=system.result(), cuda=cuda
+        )

@@ -111,7 +111,7 @@ def parse_nvidia_smi_csv(text: str, fields: tuple[str, ...] = QUERY_FIELDS) -> l
         parts = rest.rsplit(",", after_index - 1)
         if not rest or len(parts) != after_index:
             raise ValueError(f"unexpected nvidia-smi line {line!r}")
-        row = dict(zip(fields, [head, *parts]))
+        row = dict(zip(fields, [head, *parts], strict=False))
         index, name, memory = _field(row["index"]), _field(row["name"]), _field(row["memory.total"])
         if index is None or name is None or memory is None:
             raise ValueError(f"nvidia-smi line lacks index, name or memory: {line!r}")
@@ -172,7 +172,7 @@ def _from_nvml() -> tuple[GPUReport | None, str | None]:
         return None, "nvidia-ml-py is not installed"
     try:
         pynvml.nvmlInit()
-    except Exception as exc:  # NVMLError_LibraryNotFound, _DriverNotLoaded, OSError ...
+    except Exception as exc:  # NVMLError_LibraryNotFound, _DriverNotLoaded, OSError ...  # noqa: BLE001
         return None, str(exc) or type(exc).__name__
     try:
         gpus = []
@@ -189,13 +189,15 @@ def _from_nvml() -> tuple[GPUReport | None, str | None]:
             )
         driver = pynvml.nvmlSystemGetDriverVersion()
         cuda = cuda_version_from_int(pynvml.nvmlSystemGetCudaDriverVersion_v2())
-    except Exception as exc:  # e.g. NVMLError_GpuIsLost; detection must not crash a command
+    except Exception as exc:  # e.g. NVMLError_GpuIsLost; detection must not crash a command  # noqa: BLE001
         return None, f"NVML query failed: {exc}"
     finally:
         with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
     reason = None if gpus else "NVML reports no GPU"
-    return GPUReport(gpus=gpus, driver_version=driver, cuda_version=cuda, source="nvml", reason=reason), None
+    return GPUReport(
+        gpus=gpus, driver_version=driver, cuda_version=cuda, source="nvml", reason=reason
+    ), None
 
 
 class _CommandFailed(Exception):

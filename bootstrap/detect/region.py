@@ -25,7 +25,7 @@ import httpx
 from pydantic import BaseModel
 
 from bootstrap import constants as C
-from bootstrap.config import EndpointsConfig
+from bootstrap.config import HF_MIRROR, HUGGINGFACE, MODELSCOPE, EndpointsConfig
 
 Region = Literal["cn", "global"]
 RegionRequest = Literal["auto", "cn", "global"]
@@ -62,6 +62,15 @@ class RegionReport(BaseModel, frozen=True):
 
 class _Inconclusive(Exception):
     """A probe got an answer that does not tell the region (404, captive portal, garbage)."""
+
+
+class _Answered(Exception):
+    """A reader found the region the long way round; `detail` says which, for the evidence."""
+
+    def __init__(self, region_name: str, detail: str) -> None:
+        super().__init__(detail)
+        self.region_name = region_name
+        self.detail = detail
 
 
 # --- cloud region names -----------------------------------------------------------------------
@@ -179,12 +188,17 @@ def _token_then_get(
     token_header: str,
 ) -> httpx.Response:
     """The IMDSv2-style session: PUT for a token, then GET the value with it."""
+    token = _session_token(client, base, deadline, ttl_header)
+    return _call(client, "GET", f"{base}{path}", deadline, {token_header: token})
+
+
+def _session_token(client: httpx.Client, base: str, deadline: float, ttl_header: str) -> str:
     token = _call(
         client, "PUT", f"{base}/latest/api/token", deadline, {ttl_header: _TOKEN_TTL_S}
     ).text.strip()
     if not token:
         raise _Inconclusive("empty metadata token")
-    return _call(client, "GET", f"{base}{path}", deadline, {token_header: token})
+    return token
 
 
 def _read_tencent(client: httpx.Client, base: str, deadline: float) -> str:
@@ -225,16 +239,34 @@ def _read_huawei(client: httpx.Client, base: str, deadline: float) -> str:
     return _ZONE_SUFFIX.fullmatch(zone).group(1)  # type: ignore[union-attr]
 
 
+# Inside a container on a bridge network the token's answer takes one hop more than the
+# instance's default HttpPutResponseHopLimit of 1 lets it: the PUT is accepted, and its answer is
+# dropped on the way.  The GET of IMDSv1 is not limited; it answers where IMDSv1 is allowed.
+AWS_HOP_LIMIT_HINT = (
+    "the IMDSv2 token request was accepted but got no answer, as when a container sits one hop "
+    "past the instance's default hop limit of 1: allow 2 hops (aws ec2 "
+    "modify-instance-metadata-options --instance-id ID --http-put-response-hop-limit 2), run "
+    "the container with --network host, or pass --region"
+)
+
+
 def _read_aws(client: httpx.Client, base: str, deadline: float) -> str:
-    # IMDSv2 only: Huawei also serves EC2-style paths on 169.254.169.254, but not the token.
-    response = _token_then_get(
-        client,
-        base,
-        deadline,
-        path="/latest/meta-data/placement/region",
-        ttl_header="X-aws-ec2-metadata-token-ttl-seconds",
-        token_header="X-aws-ec2-metadata-token",
-    )
+    # IMDSv2 first: Huawei also serves EC2-style paths on 169.254.169.254, but not the token.
+    # The token request gets half the time left, so that a dropped answer leaves time for
+    # IMDSv1 (Huawei's service refuses the token request at once: that is no dropped answer).
+    path = "/latest/meta-data/placement/region"
+    ttl = "X-aws-ec2-metadata-token-ttl-seconds"
+    try:
+        token = _session_token(client, base, time.monotonic() + _remaining(deadline) / 2, ttl)
+    except httpx.ReadTimeout:
+        try:  # done a little before the deadline, so that its word is awaited
+            early = time.monotonic() + _remaining(deadline) * 0.8
+            response = _call(client, "GET", f"{base}{path}", early)
+        except (httpx.HTTPError, _Inconclusive):
+            raise _Inconclusive(AWS_HOP_LIMIT_HINT) from None
+        name = _checked(response.text, _REGION_NAME, "region")
+        raise _Answered(name, f"region {name} (IMDSv1; {AWS_HOP_LIMIT_HINT})") from None
+    response = _call(client, "GET", f"{base}{path}", deadline, {"X-aws-ec2-metadata-token": token})
     return _checked(response.text, _REGION_NAME, "region")
 
 
@@ -294,6 +326,9 @@ def _probe_metadata(
     with httpx.Client(trust_env=False, follow_redirects=False) as client:
         try:
             name = service.read(client, base.rstrip("/"), deadline)
+            detail = f"region {name}"
+        except _Answered as answer:
+            name, detail = answer.region_name, answer.detail
         except (httpx.HTTPError, _Inconclusive) as exc:
             return Evidence(
                 source=service.source, points_to=None, detail=_error_text(exc, timeout_s)
@@ -301,13 +336,13 @@ def _probe_metadata(
     return Evidence(
         source=service.source,
         points_to=classify_cloud_region(service.provider, name),
-        detail=f"region {name}",
+        detail=detail,
     )
 
 
 # --- reachability race ------------------------------------------------------------------------
 
-_MAINLAND_MIRRORS = ("hf-mirror", "modelscope")
+_MAINLAND_MIRRORS = (HF_MIRROR, MODELSCOPE)
 _SLOWER_FACTOR = 3.0
 # Loopback and same-city answers take a few ms; a ratio of such tiny numbers is noise.
 _JITTER_MS = 30.0
@@ -357,8 +392,8 @@ def race_verdict(probes: list[HubProbe]) -> Evidence:
     """What the hub probes say: huggingface blocked or much slower than ModelScope means cn."""
     detail = ", ".join(_describe(p) for p in probes)
     by_name = {p.name: p for p in probes}
-    hf = by_name.get("huggingface")
-    modelscope = by_name.get("modelscope")
+    hf = by_name.get(HUGGINGFACE)
+    modelscope = by_name.get(MODELSCOPE)
     mirrors_ok = any(by_name[m].ok for m in _MAINLAND_MIRRORS if m in by_name)
     if hf is None or not hf.ok:
         return Evidence(
@@ -446,9 +481,9 @@ def locale_evidence(environ: Mapping[str, str] | None = None) -> Evidence:
 # --- orchestration ----------------------------------------------------------------------------
 
 _HUBS = (
-    ("huggingface", "hf_endpoint"),
-    ("hf-mirror", "hf_mirror_endpoint"),
-    ("modelscope", "modelscope_endpoint"),
+    (HUGGINGFACE, "hf_endpoint"),
+    (HF_MIRROR, "hf_mirror_endpoint"),
+    (MODELSCOPE, "modelscope_endpoint"),
 )
 
 
@@ -459,7 +494,7 @@ def _spawn(target: Callable[..., object], *args: object) -> Future:
     def run() -> None:
         try:
             future.set_result(target(*args))
-        except BaseException as exc:  # re-raised in the caller by result()
+        except BaseException as exc:  # re-raised in the caller by result()  # noqa: BLE001
             future.set_exception(exc)
 
     threading.Thread(
@@ -532,14 +567,14 @@ def detect_region(
             latency_ms=None,
             error=unfinished,
         )
-        for job, (name, field) in zip(hub_jobs, _HUBS)
+        for job, (name, field) in zip(hub_jobs, _HUBS, strict=False)
     ]
     if ask_metadata:
         metadata = [
             job.result()
             if job.done()
             else Evidence(source=svc.source, points_to=None, detail=unfinished)
-            for job, svc in zip(metadata_jobs, _METADATA_SERVICES)
+            for job, svc in zip(metadata_jobs, _METADATA_SERVICES, strict=False)
         ]
     else:
         why = "not probed: offline" if offline else "not probed: region given explicitly"

@@ -8,6 +8,7 @@ loads torch or CUDA.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import re
@@ -18,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 
 from pydantic import BaseModel
+
+from bootstrap import constants as C
 
 # Distributions whose versions matter to training, export or diagnosis (PEP 503 names).
 TRACKED_PACKAGES = (
@@ -143,7 +146,7 @@ def _find_nvcc() -> str | None:
     if on_path:
         return on_path
     # CUDA images often leave the toolkit off PATH.
-    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), _CUDA_IMAGE_HOME):
+    for root in (C.cuda_home(), _CUDA_IMAGE_HOME):
         if root and os.access(Path(root) / "bin" / "nvcc", os.X_OK):
             return str(Path(root) / "bin" / "nvcc")
     return None
@@ -183,3 +186,13 @@ def detect_system(workspace: Path) -> SystemReport:
         packages=package_versions(),
         cuda_toolkit=cuda_toolkit_version(),
     )
+
+
+def importable(module: str) -> bool:
+    """Whether `module` can be imported here, found without importing it (torch, vLLM and
+    Unsloth take seconds to import, and Unsloth grabs the GPU).  A module a test blocked with
+    ``sys.modules[name] = None`` is not importable."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # in sys.modules without a spec: blocked, or a stand-in
+        return False

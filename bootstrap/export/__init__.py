@@ -24,10 +24,11 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from bootstrap.caches import workspace_caches
 from bootstrap.config import EXPORT_FORMATS
 from bootstrap.errors import ConfigError
 from bootstrap.model_inputs import adapter_dir, base_model_dir, recipe_system_prompt
-from bootstrap.plan import Plan
+from bootstrap.planning.plan import Plan
 from bootstrap.workspace import Workspace
 
 from . import gguf, ollama
@@ -187,10 +188,12 @@ def export(
     workspace.exports.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(workspace.exports)
     scratch = Path(tempfile.mkdtemp(prefix=".scratch.", dir=workspace.exports))
-    try:
-        manifest = _Exporter(plan, workspace, chosen, scratch).run()
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    # The kernels bitsandbytes and torch build for the merges go to the workspace's caches.
+    with workspace_caches(workspace.cache):
+        try:
+            manifest = _Exporter(plan, workspace, chosen, scratch).run()
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     if targets:
         manifest.pushes = push(
             workspace.exports,

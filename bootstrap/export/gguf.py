@@ -19,15 +19,16 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
-import os
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from bootstrap.errors import BootstrapError, EnvironmentUnfit
-from bootstrap.train.data import build_prompt
+from bootstrap.errors import EnvironmentUnfit, ExportFailed
+from bootstrap.launch.environment import child_environment
+from bootstrap.launch.signals import terminated_with_parent
+from bootstrap.task.prompts import build_prompt
 from bootstrap.workspace import atomic_file
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,6 @@ INSTALL_HINT = (
 )
 _PROBE_QUESTION = "Natalia sold 48 clips in April and half as many in May. How many in total?"
 _LOG_TAIL = 3000
-_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def gguf_filename(model_id: str, kind: str) -> str:
@@ -78,16 +78,17 @@ def require_tools() -> Path:
 def _run(command: list[str], what: str) -> str:
     """Run a tool; its output goes to the debug log, and its tail into the error if it fails."""
     log.debug("running %s", " ".join(command))
-    env = {
-        k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"
-    }  # use the converter's own gguf-py
-    # The worker is a module of this package: make it importable wherever the exporter runs from.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), env.get("PYTHONPATH")]))
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    # The worker is a module of this package (child_environment makes it importable wherever
+    # the exporter runs from); NO_LOCAL_GGUF would keep the converter from its own gguf-py.
+    env = {k: v for k, v in child_environment().items() if k != "NO_LOCAL_GGUF"}
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=env, check=False,
+        preexec_fn=terminated_with_parent(),  # a killed export does not leave it converting
+    )  # fmt: skip
     log.debug("%s output:\n%s%s", what, result.stdout, result.stderr)
     if result.returncode != 0:
         tail = (result.stdout + result.stderr)[-_LOG_TAIL:]
-        raise BootstrapError(
+        raise ExportFailed(
             f"{what} failed (exit {result.returncode}):\n{tail}",
             hint="run with -vv for the full log; the merged model in exports/ is unaffected",
         )
@@ -99,7 +100,7 @@ def _worker(*args: str) -> list[str]:
 
 
 def pre_tokenizer_fallback(model_dir: Path) -> str:
-    """"qwen2" when the model's tokenizer splits text exactly as Qwen2's does, else "-".
+    """ "qwen2" when the model's tokenizer splits text exactly as Qwen2's does, else "-".
 
     llama.cpp recognises pre-tokenizers by a hash of a vocabulary's ids, so a vocabulary
     trained anew with Qwen2's pre-tokenizer (the demo model's) needs to be named explicitly.
@@ -120,9 +121,15 @@ def convert_f16(merged: Path, dest: Path) -> Path:
     script = require_tools()
     _run(
         _worker(
-            "convert", str(script), pre_tokenizer_fallback(merged),
-            str(merged), "--outfile", str(dest), "--outtype", "f16",
-        ),  # fmt: skip
+            "convert",
+            str(script),
+            pre_tokenizer_fallback(merged),
+            str(merged),
+            "--outfile",
+            str(dest),
+            "--outtype",
+            "f16",
+        ),
         f"convert_hf_to_gguf.py on {merged}",
     )
     return dest
@@ -165,12 +172,12 @@ def verify(path: Path, tokenizer_dir: Path, system_prompt: str) -> dict[str, int
         out = _run(_worker("verify", str(path), str(probe)), f"loading {path.name} with llama.cpp")
     findings = json.loads(out.strip().splitlines()[-1])
     if not findings["tokens_match"]:
-        raise BootstrapError(
+        raise ExportFailed(
             f"{path.name}: llama.cpp tokenizes the chat prompt differently from the HF tokenizer "
             f"(llama.cpp {findings['llama_token_ids'][:16]}..., HF {ids[:16]}...)",
             hint="the converter did not recognise this tokenizer's pre-tokenizer; "
             "check the llama-cpp-python pin supports the model",
         )
     if not findings["finite_logits"]:
-        raise BootstrapError(f"{path.name}: llama.cpp computed non-finite logits")
+        raise ExportFailed(f"{path.name}: llama.cpp computed non-finite logits")
     return {"llama_cpp_loaded": True, "n_vocab": findings["n_vocab"], "probe_tokens": len(ids)}

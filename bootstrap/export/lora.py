@@ -7,8 +7,7 @@ import shutil
 from pathlib import Path
 
 from bootstrap.errors import ConfigError
-from bootstrap.train.backends import ADAPTER_FILES, TOKENIZER_FILES
-from bootstrap.workspace import atomic_dir
+from bootstrap.workspace import ADAPTER_FILES, TOKENIZER_FILES, atomic_dir
 
 
 def export_lora(adapter: Path, base: Path, base_model_id: str, dest: Path) -> Path:

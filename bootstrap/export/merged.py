@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bootstrap.errors import EnvironmentUnfit
-from bootstrap.train.backends import TOKENIZER_FILES
-from bootstrap.workspace import atomic_dir
+from bootstrap.workspace import TOKENIZER_FILES, atomic_dir
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from huggingface_hub import CommitOperationAdd, HfApi
 
 from bootstrap import constants as C
 from bootstrap.config import EndpointsConfig
-from bootstrap.errors import BootstrapError, ConfigError, EnvironmentUnfit
+from bootstrap.errors import ConfigError, EnvironmentUnfit, PushFailed
 from bootstrap.hub.retry import RetryPolicy, call_with_retries, describe
 from bootstrap.logs import redact
 
@@ -141,9 +141,10 @@ def push(
                 sleep=sleep,
             )
         except Exception as exc:
-            raise BootstrapError(
+            raise PushFailed(
                 redact(f"push to {target} failed: {describe(exc)}"),
-                hint=f"check that {TOKENS[hub][0]} may write to that repository and try again",
+                hint=f"check that {TOKENS[hub][0]} may write to that repository",
+                again="to try again",
             ) from exc
         log.info("pushed to %s: %s", target, url)
         records.append(

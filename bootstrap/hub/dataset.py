@@ -1,9 +1,11 @@
-"""One on-disk form for GSM8K, whichever hub served it: data/gsm8k/{train,test}.parquet.
+"""One on-disk form for the task's dataset, whichever hub (or local file) served it:
+data/task/{train,test}.parquet (task/dataset.py says what they hold).
 
 Hubs lay the same dataset out differently (HF: main/train-00000-of-00001.parquet; mirrors may
 ship JSON lines or other shard names), so the splits are found by file name, read with
-pyarrow, checked (columns, and row counts where the catalog knows them) and written with just
-the columns training and evaluation read.
+pyarrow, checked (the mapped columns, and row counts where the catalog knows them) and written
+in the one form.  A dataset without a test split gives `eval_fraction` of its rows to the
+evaluation, the same rows on every run.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bootstrap.errors import ConfigError
 from bootstrap.hub.verify import FileRecord, record
-from bootstrap.train.data import GSM8K_COLUMNS, validate_gsm8k_columns
+from bootstrap.task.dataset import READABLE, Columns, hold_out, normalize, read_table
 from bootstrap.workspace import Workspace, atomic_file
 
 if TYPE_CHECKING:
@@ -30,52 +33,86 @@ class DatasetLayoutError(Exception):
     """The files are intact but are not the dataset we want; another mirror may do better."""
 
 
-def _split_of(path: str) -> str | None:
-    name = Path(path).name.lower()
-    return next((s for s in SPLITS if name.startswith(s)), None)
+def _of_split(paths: Sequence[str], split: str) -> list[str]:
+    """The files of one split: those whose name starts with it (train*, test*)."""
+    return sorted(p for p in paths if Path(p).name.lower().startswith(split))
 
 
-def _read(path: Path) -> pa.Table:
-    import pyarrow.csv
-    import pyarrow.json
-    import pyarrow.parquet
+def _concat(root: Path, shards: Sequence[str], columns: Columns) -> pa.Table:
+    import pyarrow as pa
 
-    if path.suffix == ".parquet":
-        return pyarrow.parquet.read_table(path)
-    if path.suffix in (".jsonl", ".json"):
-        return pyarrow.json.read_json(path)
-    return pyarrow.csv.read_csv(path)
+    parts = []
+    for shard in shards:
+        try:
+            parts.append(normalize(read_table(root / shard), columns, source=shard))
+        except ConfigError as exc:  # unreadable, or without the mapped columns
+            raise DatasetLayoutError(exc.message) from exc
+    return pa.concat_tables(parts, promote_options="default")
 
 
 def load_splits(
-    root: Path, paths: Sequence[str], dataset_id: str, config_name: str | None
+    root: Path,
+    paths: Sequence[str],
+    dataset_id: str,
+    config_name: str | None,
+    columns: Columns,
+    *,
+    eval_fraction: float,
+    seed: int,
 ) -> dict[str, pa.Table]:
-    """Each split's rows (question, answer), checked; DatasetLayoutError if they don't fit."""
-    import pyarrow as pa
-
-    tables: dict[str, pa.Table] = {}
-    for split in SPLITS:
-        shards = sorted(p for p in paths if _split_of(p) == split)
-        if not shards:
-            raise DatasetLayoutError(f"no {split} split among {sorted(paths)}")
-        parts = []
-        for shard in shards:
-            try:
-                table = _read(root / shard)
-            except (pa.ArrowException, OSError) as exc:
-                raise DatasetLayoutError(f"{shard} cannot be read: {exc}") from exc
-            try:
-                validate_gsm8k_columns(table.column_names, source=shard)
-            except Exception as exc:
-                raise DatasetLayoutError(str(exc)) from exc
-            parts.append(table.select(list(GSM8K_COLUMNS)))
-        tables[split] = pa.concat_tables(parts)
+    """Each split's rows in the one form; DatasetLayoutError if the files don't fit."""
+    train = _of_split(paths, "train")
+    if not train:
+        raise DatasetLayoutError(f"no train split among {sorted(paths)}")
+    tables = {"train": _concat(root, train, columns)}
+    test = _of_split(paths, "test")
+    if test:
+        tables["test"] = _concat(root, test, columns)
+    else:
+        tables["train"], tables["test"] = hold_out(tables["train"], eval_fraction, seed)
     expected = EXPECTED_ROWS.get((dataset_id, config_name))
     if expected:
         counts = {split: table.num_rows for split, table in tables.items()}
         if counts != expected:
-            raise DatasetLayoutError(f"{dataset_id} {config_name}: rows {counts}, expected {expected}")
+            raise DatasetLayoutError(
+                f"{dataset_id} {config_name}: rows {counts}, expected {expected}"
+            )
     return tables
+
+
+def local_files(path: Path) -> list[Path]:
+    """The readable files of a local dataset: the file itself, or a directory's (by split)."""
+    if path.is_file():
+        if path.suffix not in READABLE:
+            raise ConfigError(
+                f"dataset {path}: not a {'/'.join(READABLE)} file",
+                hint="convert it, or point dataset at a directory of train*/test* files",
+            )
+        return [path]
+    if path.is_dir():
+        found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in READABLE)
+        if found:
+            return found
+        raise ConfigError(f"dataset {path}: no {'/'.join(READABLE)} file in it")
+    raise ConfigError(f"dataset {path} does not exist", hint="check the path (--set dataset=...)")
+
+
+def local_splits(
+    path: Path, columns: Columns, *, eval_fraction: float, seed: int
+) -> tuple[dict[str, pa.Table], list[Path]]:
+    """A local dataset's splits in the one form, and the files they came from.  A directory's
+    files go by name (train*, test*); a single file, whatever its name, is the train split."""
+    files = local_files(path)
+    if path.is_file():
+        train = normalize(read_table(path), columns, source=str(path))
+        return dict(zip(SPLITS, hold_out(train, eval_fraction, seed), strict=True)), files
+    names = [f.relative_to(path).as_posix() for f in files]
+    try:
+        tables = load_splits(path, names, str(path), None, columns, eval_fraction=eval_fraction,
+                             seed=seed)  # fmt: skip
+    except DatasetLayoutError as exc:
+        raise ConfigError(f"dataset {path}: {exc}") from None
+    return tables, files
 
 
 def write_splits(tables: dict[str, pa.Table], workspace: Workspace) -> list[FileRecord]:

@@ -1,7 +1,7 @@
 """When to retry a hub call, and how long to wait: tenacity, told what the hubs' errors mean.
 
-Retried: connection and read errors, 408/429/5xx, and a file that failed verification (the
-next attempt downloads it again).  Not retried: 401/403/404 and the clients' "not found" /
+Retried: connection and read errors, 408/429/5xx, a file that failed verification (the next
+attempt downloads it again) and a transfer that stopped making progress.  Not retried: 401/403/404 and the clients' "not found" /
 "gated" errors, since asking again gives the same answer; the caller moves to the next mirror.
 A Retry-After header (seconds or an HTTP date) is honoured, capped so one mirror cannot stall
 the job; otherwise the wait is exponential with full jitter.  Attempts and total time are both
@@ -64,6 +64,32 @@ class VerificationError(Exception):
     """A downloaded file does not match what the hub said about it (size or hash)."""
 
 
+class TransferError(Exception):
+    """A download run outside this process (aria2c, the hub client's worker) failed.
+
+    `status_code` and `retry_after` are those of the answer that failed it, when one did;
+    `class_names` are the worker's exception class and its bases (its MRO, most derived first), so
+    that a client error raised in another process is judged as if raised here.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+        class_names: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retry_after = retry_after
+        self.class_names = class_names
+
+
+class Stalled(TransferError):
+    """No byte arrived for `fetch_stall_s`: the transfer was stopped, to be tried again."""
+
+
 class RetryPolicy(BaseModel, frozen=True):
     attempts: int = 5
     max_seconds: float = 600.0
@@ -71,7 +97,7 @@ class RetryPolicy(BaseModel, frozen=True):
     max_wait_s: float = 30.0
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def causes(exc: BaseException) -> Iterator[BaseException]:
     """The exception and its causes: the clients wrap the HTTP error that tells the story."""
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -82,10 +108,10 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _names(exc: BaseException) -> set[str]:
-    return {cls.__name__ for cls in type(exc).__mro__}
+    return {cls.__name__ for cls in type(exc).__mro__} | set(getattr(exc, "class_names", ()))
 
 
-def _own_status(err: BaseException) -> int | None:
+def own_status(err: BaseException) -> int | None:
     """The HTTP status one error carries, on its response or on itself.
 
     httpx and requests errors hold the response; modelscope_hub's APIError keeps only the number.
@@ -98,33 +124,48 @@ def _own_status(err: BaseException) -> int | None:
 
 def status_of(exc: BaseException) -> int | None:
     """The HTTP status behind an error, looking through the chain of causes."""
-    for err in _chain(exc):
-        status = _own_status(err)
+    for err in causes(exc):
+        status = own_status(err)
         if status is not None:
             return status
     return None
 
 
+_NOT_FOUND = frozenset(
+    {"RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError",
+     "RemoteEntryNotFoundError", "NotExistError", "FileNotFoundError"}
+)  # fmt: skip
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """The mirror answered that the repository, revision or files do not exist (404, or the
+    client's not-found error): a wrong id, not a network fault."""
+    return any(_names(err) & _NOT_FOUND or own_status(err) == 404 for err in causes(exc))
+
+
 def is_retryable(exc: BaseException) -> bool:
     """True for errors that may go away if asked again (see module docstring)."""
-    for err in _chain(exc):
+    for err in causes(exc):
         if isinstance(err, VerificationError):
             return True
         names = _names(err)
         if names & FINAL_ERRORS:
             return False
-        status = _own_status(err)
+        status = own_status(err)
         if status is not None:
             return status in RETRYABLE_STATUS or (status >= 500 and status not in FINAL_STATUS)
         if names & TRANSIENT_ERRORS:
+            return True
+        if isinstance(err, TransferError) and not err.class_names:  # aria2c's wire, or a stall
             return True
     return False
 
 
 def retry_after_seconds(exc: BaseException, now: float | None = None) -> float | None:
     """Seconds a Retry-After header asks for (delta-seconds or HTTP-date), if any."""
-    for err in _chain(exc):
-        parsed = getattr(err, "retry_after", None)  # modelscope_hub's RateLimitError parsed it
+    for err in causes(exc):
+        # modelscope_hub's RateLimitError parsed it; so did TransferError, from its worker's answer
+        parsed = getattr(err, "retry_after", None)
         if isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
             return float(parsed)
         headers = getattr(getattr(err, "response", None), "headers", None)
@@ -150,7 +191,9 @@ class _Wait:
 
     def __init__(self, policy: RetryPolicy) -> None:
         self.policy = policy
-        self.backoff = wait_random_exponential(multiplier=policy.initial_wait_s, max=policy.max_wait_s)
+        self.backoff = wait_random_exponential(
+            multiplier=policy.initial_wait_s, max=policy.max_wait_s
+        )
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -177,7 +220,13 @@ def call_with_retries(
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
-        log.warning("%s: attempt %d failed (%s); retrying in %.1f s", what, state.attempt_number, describe(exc), wait)
+        log.warning(
+            "%s: attempt %d failed (%s); retrying in %.1f s",
+            what,
+            state.attempt_number,
+            describe(exc),
+            wait,
+        )
 
     attempts = 0
 
@@ -208,6 +257,7 @@ def describe(exc: BaseException | None) -> str:
         return "unknown error"
     status = status_of(exc)
     first_line = (str(exc).strip().splitlines() or [""])[0]
-    text = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+    name = (getattr(exc, "class_names", None) or (type(exc).__name__,))[0]
+    text = f"{name}: {first_line}" if first_line else name
     text = text if len(text) <= 200 else text[:197] + "..."
     return f"HTTP {status} ({text})" if status else text

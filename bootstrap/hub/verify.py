@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -15,13 +19,12 @@ _CHUNK = 8 * 2**20
 
 
 class FileRecord(BaseModel, frozen=True):
-    """A verified file as the manifest lists it."""
+    """A verified file as the manifest lists it (the fields of integrity.FileState)."""
 
     path: str
     size: int
     sha256: str
-
-
+    mtime_ns: int = 0  # 0 in manifests from before it was kept: hashed on the next check
 
 
 def git_blob_sha1(path: Path) -> str:
@@ -34,15 +37,21 @@ def git_blob_sha1(path: Path) -> str:
 
 
 def record(path: Path, name: str) -> FileRecord:
-    return FileRecord(path=name, size=path.stat().st_size, sha256=sha256_file(path))
+    stat = path.stat()
+    return FileRecord(
+        path=name, size=stat.st_size, sha256=sha256_file(path), mtime_ns=stat.st_mtime_ns
+    )
 
 
 def verify_file(local: Path, remote: RemoteFile) -> FileRecord:
     """Check one downloaded file against the hub's description.
 
-    A bad file is deleted, with huggingface_hub's per-file metadata, so that the next attempt
-    downloads it again instead of trusting it; VerificationError is retried by the policy.
+    A bad file is deleted, with huggingface_hub's per-file metadata and aria2c's control file,
+    so that the next attempt downloads it again instead of trusting or resuming it;
+    VerificationError is retried by the policy.  A good file's stale aria2c control file goes
+    too (the hub client may have finished what aria2c started).
     """
+    local.with_name(local.name + ".aria2").unlink(missing_ok=True)
     problem = None
     if not local.is_file():
         problem = "missing after download"
@@ -59,4 +68,38 @@ def verify_file(local: Path, remote: RemoteFile) -> FileRecord:
         for stale in meta.glob(f"{local.name}.*") if meta.is_dir() else ():
             stale.unlink(missing_ok=True)
         raise VerificationError(f"{remote.path}: {problem}")
-    return FileRecord(path=remote.path, size=local.stat().st_size, sha256=sha256)
+    stat = local.stat()  # a rename into place keeps the modification time
+    return FileRecord(path=remote.path, size=stat.st_size, sha256=sha256, mtime_ns=stat.st_mtime_ns)
+
+
+class Verifier:
+    """verify_file on a few threads (hashlib hashes without the GIL), each file as soon as it is
+    complete: when the downloader says so (aria2c does, file by file), or else at the end.  A
+    6 GB model is then hashed mostly while its last shard still downloads."""
+
+    def __init__(self, root: Path, remotes: Sequence[RemoteFile]) -> None:
+        self.root = root
+        self.remotes = {remote.path: remote for remote in remotes}
+        workers = max(1, min(len(remotes), os.cpu_count() or 1, 8))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch-verify")
+        self._started: dict[str, Future[FileRecord]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, path: str) -> None:
+        """Verify `path` (relative to root) now; a path not described, or started, is ignored."""
+        with self._lock:
+            if path in self.remotes and path not in self._started:
+                remote = self.remotes[path]
+                self._started[path] = self._pool.submit(verify_file, self.root / path, remote)
+
+    def finish(self) -> list[FileRecord]:
+        """Every file's record, in the order described; the first VerificationError if any."""
+        for path in self.remotes:
+            self.start(path)
+        return [self._started[path].result() for path in self.remotes]
+
+    def __enter__(self) -> Verifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -16,32 +16,20 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import os
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from bootstrap import constants as C
 from bootstrap.config import TrainConfig
+from bootstrap.dtypes import torch_dtype
 from bootstrap.errors import EnvironmentUnfit
-from bootstrap.plan import BackendChoice
+from bootstrap.planning.plan import BackendChoice
 
 log = logging.getLogger(__name__)
 
 Generation = Literal["vllm", "hf"]
-
-# Files a tokenizer's save_pretrained may write; copied next to the adapter.
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "tokenizer.model",
-)
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 
 def cuda_available() -> bool:
@@ -58,15 +46,9 @@ def bitsandbytes_usable() -> bool:
     return cuda_available()
 
 
-def torch_dtype(dtype: str) -> Any:
-    import torch
-
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-
-
 def _local_device() -> int:
     # Under accelerate/torchrun each process trains on the GPU of its local rank.
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    return C.local_rank()
 
 
 GIB = 1024**3
@@ -107,6 +89,23 @@ def limit_gpu_memory(settings: TrainConfig) -> float | None:
     return fraction
 
 
+def limit_cpu_threads(settings: TrainConfig) -> int | None:
+    """Give torch `cpu_threads` threads in this process; returns them, or None (torch's default).
+
+    A small model on a busy CPU runs faster on fewer: its matrices are too small to share out,
+    and at every operation's end each thread waits, spinning, for the others, one of which the
+    scheduler may have given to another job (the demo beside a second training job: 0.18 s a
+    step on one thread, 2-70 s on two).
+    """
+    if settings.cpu_threads is None:
+        return None
+    import torch
+
+    torch.set_num_threads(settings.cpu_threads)
+    log.info("torch uses %d CPU thread(s) (cpu_threads)", settings.cpu_threads)
+    return settings.cpu_threads
+
+
 DEFAULT_VLLM_SHARE = 0.5  # the notebook's, where neither the profile nor the user sets one
 
 
@@ -115,10 +114,10 @@ def vllm_share(settings: TrainConfig) -> float:
     return settings.gpu_memory_utilization or DEFAULT_VLLM_SHARE
 
 
-def vllm_memory_utilization(settings: TrainConfig) -> float:
-    """vLLM's gpu_memory_utilization, which is a fraction of the whole card: `vllm_share` of
-    what this job may use."""
-    return vllm_share(settings) * _card_fraction(settings.gpu_memory_limit_gib)
+def vllm_memory_utilization(settings: TrainConfig, share: float | None = None) -> float:
+    """vLLM's gpu_memory_utilization, which is a fraction of the whole card: `share` (default
+    `vllm_share`, training's) of what this job may use."""
+    return (share or vllm_share(settings)) * _card_fraction(settings.gpu_memory_limit_gib)
 
 
 class Backend(ABC):
@@ -332,7 +331,7 @@ def _import_error(module: str) -> str | None:
     """None when `module` imports, else the reason in one line."""
     try:
         importlib.import_module(module)
-    except Exception as exc:  # any failure (ImportError, CUDA init) means unusable
+    except Exception as exc:  # any failure (ImportError, CUDA init) means unusable  # noqa: BLE001
         return f"{type(exc).__name__}: {exc}".splitlines()[0]
     return None
 

@@ -24,26 +24,33 @@ import re
 import shutil
 import signal
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from bootstrap import constants as C
+from bootstrap.caches import workspace_caches
 from bootstrap.config import TrainConfig
+from bootstrap.constants import EnvironmentScope
 from bootstrap.errors import BootstrapError, ConfigError, Interrupted, TrainingFailed
-from bootstrap.plan import Plan
-from bootstrap.train.backends import ADAPTER_FILES, TOKENIZER_FILES, Backend, make_backend
-from bootstrap.train.caches import restore_caches, use_workspace_caches
+from bootstrap.launch.signals import stop_signals_to
+from bootstrap.planning.plan import Plan
+from bootstrap.task.spec import TaskSpec
+from bootstrap.train.backends import Backend, make_backend
 from bootstrap.train.compile_keys import stabilise_autograd_cache_keys
 from bootstrap.train.metrics import metrics_callback, prune_metrics
 from bootstrap.train.paged_state import resumed_state_callback
 from bootstrap.train.samples import write_samples
-from bootstrap.train.signals import stop_signals_to
-from bootstrap.workspace import Workspace
+from bootstrap.train.tracking import (
+    PROJECT,
+    tracking_arguments,
+    tracking_environment,
+    trackio_elsewhere,
+)
+from bootstrap.workspace import ADAPTER_FILES, TOKENIZER_FILES, Workspace, atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -105,29 +112,24 @@ def lora_complete(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _staging_dir(dest: Path) -> Iterator[Path]:
-    """A temporary sibling of `dest` that replaces `dest` when the block succeeds."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the result from other users of the machine
-    try:
+def _lora_dir(dest: Path) -> Iterator[Path]:
+    """A directory to save the adapter into; it becomes `dest` only if the adapter is whole."""
+    with atomic_dir(dest) as tmp:
         yield tmp
         missing = [name for name in ADAPTER_FILES if not (tmp / name).is_file()]
         if missing:
             raise TrainingFailed(f"saving the LoRA adapter did not write {', '.join(missing)}")
-        old = dest.with_name(f".{dest.name}.old")
-        if dest.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            dest.rename(old)
-        tmp.rename(dest)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_leftovers(workspace: Workspace) -> None:
+    """Adapter saves cut short by a kill -9 (their temporary directories beside lora/)."""
+    for leftover in workspace.root.glob(f".{workspace.lora.name}.*.tmp"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _lora_from_checkpoint(checkpoint: Path, dest: Path) -> None:
     """Copy the adapter and tokenizer the Trainer saved in `checkpoint` to `dest`."""
-    with _staging_dir(dest) as tmp:
+    with _lora_dir(dest) as tmp:
         for name in (*ADAPTER_FILES, *TOKENIZER_FILES):
             if (checkpoint / name).is_file():
                 shutil.copy2(checkpoint / name, tmp / name)
@@ -140,6 +142,7 @@ def grpo_config_kwargs(
     settings: TrainConfig,
     *,
     output_dir: Path,
+    run_name: str = PROJECT,
     cuda: bool,
     bitsandbytes: bool,
     overrides: dict[str, Any] | None = None,
@@ -148,11 +151,12 @@ def grpo_config_kwargs(
 
     - `max_prompt_length` is not a GRPOConfig field in TRL 1.x (TRL no longer truncates
       prompts); the recipe's limit is applied to the dataset instead (`filter_long_prompts`).
-    - paged_adamw_8bit (the recipe's optimiser) needs bitsandbytes and CUDA; elsewhere the
+    - adamw_8bit (the notebook's optimiser) needs bitsandbytes and CUDA; elsewhere the
       optimiser is adamw_torch, and the log says why.
     - dtype maps to bf16/fp16 mixed precision; fp32 turns both off (TRL defaults bf16 on).
     - transformers 5 has no `warmup_ratio`; `warmup_steps` below 1 is read as the ratio.
-    - `beta` (KL coefficient) is the recipe's 0.04, see RECIPE_BETA.
+    - `beta` (KL coefficient) is the recipe's 0.04, see RECIPE_BETA; temperature and the loss
+      are the recipe's too (TRL 0.14's 0.9 and its per-sequence mean, "grpo"), not TRL 1.x's.
     """
     optim = settings.optim
     if "8bit" in optim and not (cuda and bitsandbytes):
@@ -186,7 +190,9 @@ def grpo_config_kwargs(
         "fp16": settings.dtype == "fp16",
         "seed": settings.seed,
         "beta": RECIPE_BETA,
-        "report_to": "none",
+        "temperature": settings.temperature,
+        "loss_type": settings.loss_type,
+        **tracking_arguments(settings.report_to, run_name),
         # Every LoRA weight takes part in each forward.  For a PeftModel (not a
         # PreTrainedModel) transformers would turn DDP's unused-parameter search on: one more
         # walk of the autograd graph per step, and a warning from every rank.
@@ -195,6 +201,28 @@ def grpo_config_kwargs(
     }
     kwargs.update(overrides or {})
     return kwargs
+
+
+def prompt_lengths(dataset: Any, tokenizer: Any) -> list[int]:
+    """Each row's chat-formatted prompt, in tokens, as the model will see it."""
+    return [len(_prompt_ids(tokenizer, row["prompt"])) for row in dataset]
+
+
+def _prompt_ids(tokenizer: Any, prompt: list[dict[str, str]]) -> list[int]:
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def truncate_long_prompts(dataset: Any, tokenizer: Any, max_prompt_length: int) -> Any:
+    """Every prompt as chat-formatted text, those longer than `max_prompt_length` tokens cut to
+    their last ones, as TRL 0.14 did for the notebook (prompt_truncation: left).  The cut takes
+    the system prompt first; the completions are then plain text, not messages."""
+
+    def cut(row: dict[str, Any]) -> dict[str, Any]:
+        ids = _prompt_ids(tokenizer, row["prompt"])
+        return {"prompt": tokenizer.decode(ids[-max_prompt_length:])}
+
+    return dataset.map(cut)
 
 
 def filter_long_prompts(dataset: Any, tokenizer: Any, max_prompt_length: int) -> Any:
@@ -206,10 +234,7 @@ def filter_long_prompts(dataset: Any, tokenizer: Any, max_prompt_length: int) ->
     """
 
     def fits(row: dict[str, Any]) -> bool:
-        text = tokenizer.apply_chat_template(
-            row["prompt"], tokenize=False, add_generation_prompt=True
-        )
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_prompt_length
+        return len(_prompt_ids(tokenizer, row["prompt"])) <= max_prompt_length
 
     kept = dataset.filter(fits)
     dropped = len(dataset) - len(kept)
@@ -321,24 +346,31 @@ def _kept_message(workspace: Workspace) -> str:
     return f"the last checkpoint is kept in {last} (step {checkpoint_step(last)})"
 
 
-def _prepare_dataset(settings: TrainConfig, workspace: Workspace, tokenizer: Any) -> Any:
-    from bootstrap.train.data import SYSTEM_PROMPT, load_gsm8k_split
+def _prepare_dataset(
+    settings: TrainConfig, task: TaskSpec, workspace: Workspace, tokenizer: Any
+) -> Any:
+    from bootstrap.task.dataset import load_split
+    from bootstrap.task.prompts import SYSTEM_PROMPT
 
-    dataset = load_gsm8k_split(
+    dataset = load_split(
         workspace.split_path("train"),
         system_prompt=settings.system_prompt or SYSTEM_PROMPT,
         one_shot=settings.one_shot,
+        answer_format=task.columns.answer_format,
     )
+    if settings.prompt_truncation == "left":
+        return truncate_long_prompts(dataset, tokenizer, settings.max_prompt_length)
     return filter_long_prompts(dataset, tokenizer, settings.max_prompt_length)
 
 
 def _run_trainer(
     settings: TrainConfig,
+    task: TaskSpec,
     workspace: Workspace,
     backend: Backend,
     resume: Path | None,
     show_progress: bool,
-    caches: Mapping[str, str],
+    caches: EnvironmentScope,
     overrides: dict[str, Any] | None = None,
     stop_file: Path | None = None,
 ) -> tuple[Any, Any, int]:
@@ -347,26 +379,34 @@ def _run_trainer(
     `caches` are the compile-cache variables training must use (see caches.py); `overrides`
     are GRPOConfig fields the launcher decides (vLLM server mode); `stop_file` is the
     launcher's stop request (see StopRequest)."""
-    from bootstrap.train.backends import bitsandbytes_usable, cuda_available, limit_gpu_memory
-    from bootstrap.train.rewards import REWARD_FUNCS
+    from bootstrap.task.registry import load_rewards
+    from bootstrap.train.backends import (
+        bitsandbytes_usable,
+        cuda_available,
+        limit_cpu_threads,
+        limit_gpu_memory,
+    )
 
     request = StopRequest(stop_file)
     with request.installed():
         limit_gpu_memory(settings)
+        limit_cpu_threads(settings)
         model, tokenizer, peft_config = backend.load()
-        restore_caches(caches)  # an in-process vLLM engine re-points Triton and Inductor
+        _put_back(caches)  # an in-process vLLM engine re-points Triton and Inductor
         from transformers import PrinterCallback
         from trl import GRPOConfig  # after backend.load(): unsloth (if used) is imported first
 
-        dataset = _prepare_dataset(settings, workspace, tokenizer)
+        dataset = _prepare_dataset(settings, task, workspace, tokenizer)
         args = GRPOConfig(
             **grpo_config_kwargs(
                 settings,
                 output_dir=workspace.checkpoints,
+                run_name=workspace.root.resolve().name,
                 cuda=cuda_available(),
                 bitsandbytes=bitsandbytes_usable(),
                 overrides={**backend.config_overrides(), **(overrides or {})},
             ),
+            reward_weights=task.reward_weights,
             dataloader_pin_memory=cuda_available(),
             # Without CUDA, ranks of a multi-process launch need the Trainer to say "CPU" so
             # that accelerate joins them over gloo; a single CPU process is unaffected.
@@ -380,7 +420,7 @@ def _run_trainer(
         trainer = backend.trainer_class()(
             model=model,
             processing_class=tokenizer,
-            reward_funcs=list(REWARD_FUNCS),
+            reward_funcs=load_rewards(task.rewards),
             args=args,
             train_dataset=dataset,
             peft_config=peft_config,
@@ -393,7 +433,7 @@ def _run_trainer(
             raise Interrupted(
                 f"{request.signal_name} received before training started; "
                 f"{_kept_message(workspace)}",
-                hint="run `grpo-bootstrap train` again to resume",
+                again="to resume",
             )
         try:
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -404,7 +444,7 @@ def _run_trainer(
             raise Interrupted(
                 f"{request.signal_name} received: checkpoint saved at step {step} in "
                 f"{workspace.checkpoints / f'checkpoint-{step}'}",
-                hint="run `grpo-bootstrap train` again to resume from it",
+                again="to resume from it",
             )
     return model, tokenizer, step
 
@@ -427,6 +467,7 @@ def train(plan: Plan, workspace: Workspace, *, show_progress: bool = True) -> Tr
             f"model {plan.config.model} is not in the workspace ({model_dir})",
             hint="run `grpo-bootstrap fetch` first",
         )
+    _remove_leftovers(workspace)
     resume = last_checkpoint(workspace.checkpoints)
     done_step = checkpoint_step(resume) if resume else 0
 
@@ -465,24 +506,27 @@ def train(plan: Plan, workspace: Workspace, *, show_progress: bool = True) -> Tr
     elif workspace.metrics.exists():
         prune_metrics(workspace.metrics, keep_through_step=0)
 
-    caches = use_workspace_caches(workspace.cache)  # before unsloth is imported; ranks inherit them
-    if plan.launch is not None and plan.launch.launcher == "accelerate":
-        from bootstrap.train.launch import run_distributed
+    # Before unsloth is imported; the ranks of a launch inherit them.  Unsloth and some libraries
+    # print banners on stdout, which `--json` reserves for its document.
+    with (
+        workspace_caches(workspace.cache) as caches,
+        _trackers(plan, workspace),
+        contextlib.redirect_stdout(sys.stderr),
+    ):
+        if plan.launch is not None and plan.launch.launcher == "accelerate":
+            from bootstrap.launch.supervisor import run_distributed
 
-        outcome = run_distributed(plan, workspace, resume=resume, show_progress=show_progress)
-        return result(
-            steps=outcome.step or 0, already_done=False, samples=outcome.samples,
-            backend_reason=outcome.backend_reason or plan.backend.reason,
-        )  # fmt: skip
-
-    # Unsloth and some libraries print banners on stdout, which `--json` reserves for its document.
-    with contextlib.redirect_stdout(sys.stderr):
+            outcome = run_distributed(plan, workspace, resume=resume, show_progress=show_progress)
+            return result(
+                steps=outcome.step or 0, already_done=False, samples=outcome.samples,
+                backend_reason=outcome.backend_reason or plan.backend.reason,
+            )  # fmt: skip
         backend = _make_backend(plan, settings, model_dir, caches)
         with _training_errors(workspace):
             model, tokenizer, step = _run_trainer(
-                settings, workspace, backend, resume, show_progress, caches
+                settings, plan.task, workspace, backend, resume, show_progress, caches
             )
-            with _staging_dir(workspace.lora) as tmp:
+            with _lora_dir(workspace.lora) as tmp:
                 backend.save_adapter(model, tokenizer, tmp)
         log.info("LoRA adapter saved to %s", workspace.lora)
         samples = _samples(backend, model, tokenizer, settings, workspace, step)
@@ -509,12 +553,16 @@ def train_rank(
     """
     settings = plan.require_training()
     main = C.process_rank() == 0
-    caches = use_workspace_caches(workspace.cache)  # the launcher's, inherited: read back
-    with contextlib.redirect_stdout(sys.stderr):
+    # The launcher's values, inherited, are read back and kept in place.
+    with (
+        workspace_caches(workspace.cache) as caches,
+        _trackers(plan, workspace),
+        contextlib.redirect_stdout(sys.stderr),
+    ):
         backend = _make_backend(plan, settings, workspace.model_dir(plan.config.model), caches)
         with _training_errors(workspace):
             model, tokenizer, step = _run_trainer(
-                settings, workspace, backend, resume, show_progress and main, caches,
+                settings, plan.task, workspace, backend, resume, show_progress and main, caches,
                 overrides, stop_file,
             )  # fmt: skip
             if main:
@@ -529,13 +577,31 @@ def train_rank(
     return step, samples, backend.reason
 
 
+def _trackers(plan: Plan, workspace: Workspace) -> contextlib.AbstractContextManager[Any]:
+    """report_to's trackers pointed into the workspace while training (train/tracking.py)."""
+    settings = plan.require_training()
+    values = tracking_environment(
+        settings.report_to, workspace.tracking, offline=plan.config.offline
+    )
+    elsewhere = trackio_elsewhere(values)
+    if elsewhere is not None:
+        log.warning("Trackio was imported before training set it up: it writes to %s", elsewhere)
+    return C.scoped_environment(values)
+
+
 def _make_backend(
-    plan: Plan, settings: TrainConfig, model_dir: Path, caches: Mapping[str, str]
+    plan: Plan, settings: TrainConfig, model_dir: Path, caches: EnvironmentScope
 ) -> Backend:
     backend = make_backend(plan.backend, plan.config.backend, settings.vllm, settings, model_dir)
-    restore_caches(caches)  # importing unsloth drops TORCHINDUCTOR_CACHE_DIR
+    _put_back(caches)  # importing unsloth drops TORCHINDUCTOR_CACHE_DIR
     stabilise_autograd_cache_keys()  # else a relaunch re-traces Unsloth's compiled blocks
     return backend
+
+
+def _put_back(caches: EnvironmentScope) -> None:
+    moved = caches.reassert()
+    if moved:
+        log.info("put back %s after a library import changed it", ", ".join(moved))
 
 
 @contextlib.contextmanager
@@ -549,12 +615,13 @@ def _training_errors(workspace: Workspace) -> Iterator[None]:
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted before a checkpoint could be saved; {_kept_message(workspace)}",
-            hint="run `grpo-bootstrap train` again to resume",
+            again="to resume",
         ) from None
     except Exception as exc:
         raise TrainingFailed(
             f"GRPO training failed: {type(exc).__name__}: {exc}; {_kept_message(workspace)}",
             hint=_failure_hint(exc),
+            again="to resume from the last checkpoint",
         ) from exc
 
 
@@ -566,7 +633,7 @@ def _samples(backend: Backend, model: Any, tokenizer: Any, settings: TrainConfig
             backend, model, tokenizer, settings,
             lora_dir=workspace.lora, dest=workspace.samples, steps=step,
         )  # fmt: skip
-    except Exception as exc:  # samples are a nicety; the trained LoRA must not be lost
+    except Exception as exc:  # samples are a nicety; the trained LoRA must not be lost  # noqa: BLE001
         log.warning(
             "before/after samples failed (%s: %s); the LoRA is saved", type(exc).__name__, exc
         )
@@ -575,8 +642,5 @@ def _samples(backend: Backend, model: Any, tokenizer: Any, settings: TrainConfig
 
 def _failure_hint(exc: BaseException) -> str:
     if "out of memory" in str(exc).lower():
-        return (
-            "lower num_generations, max_completion_length or gpu_memory_utilization, then run "
-            "`grpo-bootstrap train` again: it resumes from the last checkpoint"
-        )
-    return "fix the cause and run `grpo-bootstrap train` again: it resumes from the last checkpoint"
+        return "lower num_generations, max_completion_length or gpu_memory_utilization"
+    return "fix the cause"

@@ -1,5 +1,5 @@
 """Per-step training metrics: one JSON line per optimizer step in <workspace>/metrics.jsonl,
-and a progress bar with the reward and the step time on stderr.
+a progress bar with the reward and the step time on stderr, and the reward curve read back.
 
 The callback only reads what the trainer logs (TRL's GRPOTrainer logs `reward`, `reward_std`,
 `rewards/<name>/mean`, `kl`, `completions/mean_length`, ...) plus its own clock and the GPU's
@@ -13,13 +13,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from bootstrap import constants as C
 from bootstrap.workspace import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -99,22 +100,77 @@ def step_metrics(
     )
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Every line of a metrics.jsonl file (a missing file reads as no lines)."""
+def _parse_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """(the step records of a metrics.jsonl file, how many lines were not one)."""
     if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+        return [], 0
+    records, bad = [], 0
+    for number, line in enumerate(
+        path.read_text(encoding="utf-8", errors="replace").splitlines(), 1
+    ):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+        else:
+            bad += 1
+            log.warning("%s line %d is not a step record (cut short by a kill?): skipped",
+                        path, number)  # fmt: skip
+    return records, bad
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Every step record of a metrics.jsonl file (a missing file reads as no lines).  A line that
+    is not one, such as the half-written last line of a killed run, is skipped with a warning."""
+    return _parse_lines(path)[0]
+
+
+class RewardCurve(BaseModel):
+    """Where a run's total reward started and ended: the means of its first and last steps."""
+
+    steps: int  # steps that logged a reward
+    window: int  # steps in each mean
+    first: float
+    last: float
+
+
+def reward_curve(records: Sequence[Mapping[str, Any]], window: int = 10) -> RewardCurve | None:
+    """The curve of step records (as `read_metrics` gives them); None when none has a reward.
+
+    A run of fewer than 2 x `window` steps is cut into halves instead, so the two means never
+    share a step and a run that did not move reads as flat; one step is both ends.
+    """
+    rewards = [
+        float(record["reward"])
+        for record in sorted(records, key=lambda record: record["step"])
+        if isinstance(record.get("reward"), (int, float))
+    ]
+    if not rewards:
+        return None
+    size = max(1, min(window, len(rewards) // 2))
+    return RewardCurve(
+        steps=len(rewards),
+        window=size,
+        first=sum(rewards[:size]) / size,
+        last=sum(rewards[-size:]) / size,
+    )
 
 
 def prune_metrics(path: Path, *, keep_through_step: int) -> int:
-    """Drop lines for steps after `keep_through_step`; returns how many were dropped.
+    """Drop lines for steps after `keep_through_step`, and lines that are no step record;
+    returns how many step records were dropped.
 
     A run killed after its last checkpoint logged steps that the resumed run will redo; keeping
-    them would duplicate those steps.  The file is rewritten atomically.
+    them would duplicate those steps.  A line it was writing when killed is cut short, and the
+    next line appended would continue it.  The file is rewritten atomically.
     """
-    lines = read_metrics(path)
-    kept = [line for line in lines if int(line["step"]) <= keep_through_step]
-    if len(kept) == len(lines):
+    lines, bad = _parse_lines(path)
+    kept = [line for line in lines if line["step"] <= keep_through_step]
+    if len(kept) == len(lines) and not bad:
         return 0
     write_text_atomic(path, "".join(json.dumps(line, sort_keys=True) + "\n" for line in kept))
     return len(lines) - len(kept)
@@ -145,14 +201,13 @@ def nvml_used_bytes(index: int) -> int | None:
         pynvml.nvmlInit()
         try:
             # CUDA_VISIBLE_DEVICES renumbers devices; map the CUDA index back to the physical one.
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-            ids = [v.strip() for v in visible.split(",") if v.strip()]
+            ids = C.cuda_visible_devices() or []
             physical = int(ids[index]) if ids and ids[index].isdigit() else index
             handle = pynvml.nvmlDeviceGetHandleByIndex(physical)
             return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
         finally:
             pynvml.nvmlShutdown()
-    except Exception as exc:  # NVML is optional; a missing driver is not an error
+    except Exception as exc:  # NVML is optional; a missing driver is not an error  # noqa: BLE001
         log.debug("NVML memory reading unavailable: %s", exc)
         return None
 

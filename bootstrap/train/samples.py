@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from bootstrap.config import TrainConfig
-from bootstrap.train.data import SYSTEM_PROMPT, build_prompt
+from bootstrap.task.prompts import SYSTEM_PROMPT, build_prompt
 from bootstrap.workspace import write_text_atomic
 
 if TYPE_CHECKING:
@@ -40,7 +40,9 @@ def _answer(backend: Backend, model: Any, tokenizer: Any, settings: TrainConfig,
         model,
         tokenizer,
         build_prompt(
-            settings.sample_question, settings.system_prompt or SYSTEM_PROMPT, one_shot=settings.one_shot
+            settings.sample_question,
+            settings.system_prompt or SYSTEM_PROMPT,
+            one_shot=settings.one_shot,
         ),
         lora_dir=lora_dir,
         temperature=settings.sample_temperature,

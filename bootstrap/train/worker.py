@@ -1,6 +1,6 @@
 """One rank of a multi-process training launch: `python -m bootstrap.train.worker JOB_JSON`.
 
-`accelerate launch` starts this module once per rank (see launch.py).  It reads the plan the
+`accelerate launch` starts this module once per rank (bootstrap/launch/supervisor.py).  It reads the plan the
 parent resolved (<workspace>/launch/job.json), trains its share through
 `grpo.train_rank`, and writes <workspace>/launch/outcome-<rank>.json, which is how the parent
 learns the step reached or the error (exit code included) that torch's launcher would lose.
@@ -14,21 +14,20 @@ from pathlib import Path
 
 from bootstrap import constants as C
 from bootstrap.errors import BootstrapError
+from bootstrap.launch.ranks import Job, RankOutcome, write_outcome
 from bootstrap.logs import setup_logging
-from bootstrap.train.launch import Job, RankOutcome, stop_path, write_outcome
 
 log = logging.getLogger("bootstrap.train.worker")
 
 
 def run(job_path: Path) -> int:
     """Train this rank's share of the job in `job_path`; returns the process exit code."""
-    from bootstrap.plan import Plan
     from bootstrap.train.grpo import train_rank
     from bootstrap.workspace import Workspace
 
     rank = C.process_rank()
     job = Job.model_validate_json(job_path.read_text(encoding="utf-8"))
-    plan = Plan.model_validate(job.plan)
+    plan = job.plan
     workspace = Workspace(plan.config.workspace)
     try:
         step, samples, reason = train_rank(
@@ -37,18 +36,24 @@ def run(job_path: Path) -> int:
             resume=job.resume,
             show_progress=job.show_progress,
             overrides=job.overrides,
-            stop_file=stop_path(workspace.root),
+            stop_file=workspace.stop_file,
         )
     except BootstrapError as exc:
         write_outcome(
-            workspace.root,
-            RankOutcome(rank=rank, exit_code=exc.exit_code, error=exc.message, hint=exc.hint),
+            workspace,
+            RankOutcome(
+                rank=rank,
+                exit_code=exc.exit_code,
+                error=exc.message,
+                hint=exc.hint,
+                again=exc.again,
+            ),
         )
         # The traceback of an unexpected failure goes to launch.log; the parent shows the message.
         log.error("rank %d: %s", rank, exc, exc_info=exc.__cause__ is not None)
         return exc.exit_code
     write_outcome(
-        workspace.root,
+        workspace,
         RankOutcome(rank=rank, exit_code=0, step=step, samples=samples, backend_reason=reason),
     )
     return 0

@@ -11,12 +11,22 @@ transfer only), the ``PUT`` and verify hrefs it hands out, and ``POST
 which is then served like any other.  huggingface_hub uploads through Xet whenever hf_xet is
 installed, which this fake does not speak: tests set ``huggingface_hub.constants.
 HF_HUB_DISABLE_XET`` first.
+
+:meth:`FakeHFHub.advertise_xet` makes it answer for LFS files as huggingface.co (and hf-mirror.com,
+which passes the headers on) does for files in Xet storage: ``X-Xet-Hash``, the token refresh
+route as ``X-Xet-Refresh-Route`` and ``Link: <...>; rel="xet-auth"``, ``xetHash`` in tree
+listings, and ``GET /api/{models,datasets}/{repo}/xet-read-token/{rev}`` answering a CAS URL
+(``X-Xet-Cas-Url``), an access token and its expiry, as huggingface_hub reads them.  The CAS
+host is whatever the test names: a dead one is the case this fake is for.  The files are still
+served over plain HTTP at their resolve URLs, as on the real hub (its Xet bridge).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import time
 
 from bootstrap.demo.hub import (
     LFS_MIN_SIZE,
@@ -55,6 +65,61 @@ class FakeHFHub(ReceivesUploads, LoopbackServer, LocalHub):
         self.route(("POST",), rf"/{REPO}\.git/info/lfs/objects/batch", self._lfs_batch)
         self.route(("PUT",), r"/_lfs/upload/(?P<oid>[0-9a-f]{64})", self._lfs_upload)
         self.route(("POST",), r"/_lfs/verify", self._lfs_verify)
+        self.route(("GET",), rf"/api/{kinds}/{REPO}/xet-read-token/(?P<rev>[^/]+)", self._xet_token)
+        self.xet_cas_url: str | None = None
+
+    # -- Xet storage, advertised ---------------------------------------------------------------
+    def advertise_xet(self, cas_url: str) -> None:
+        """Answer for LFS files as for files in Xet storage, whose CAS server is `cas_url`."""
+        self.xet_cas_url = cas_url
+
+    @staticmethod
+    def xet_hash(f: RepoFile) -> str:
+        """A stable 64-hex Xet hash per file (the real one is a Merkle hash of its chunks)."""
+        return hashlib.sha256(f"xet:{f.sha256}".encode()).hexdigest()
+
+    def _resolve(self, request: Request, repo_type: str) -> Response:
+        response = super()._resolve(request, repo_type)
+        repo = self.repos.get((repo_type, request.match["repo"])) if request.match else None
+        f = repo.files.get(request.match["path"]) if repo and request.match else None
+        if self.xet_cas_url is None or response.status != 200 or f is None or not f.lfs:
+            return response
+        kind = "models" if repo_type == "model" else "datasets"
+        route = f"{request.base_url}/api/{kind}/{repo.repo_id}/xet-read-token/{repo.sha}"
+        response.headers |= {
+            "X-Xet-Hash": self.xet_hash(f),
+            "X-Xet-Refresh-Route": route,
+            "Link": f'<{route}>; rel="xet-auth"',
+        }
+        return response
+
+    def _tree(self, request: Request) -> Response:
+        response = super()._tree(request)
+        if self.xet_cas_url is None or response.status != 200 or request.match is None:
+            return response
+        repo = self.repos[(self._kind(request), request.match["repo"])]
+        entries = json.loads(response.body)
+        for entry in entries:
+            f = repo.files.get(entry["path"]) if entry["type"] == "file" else None
+            if f is not None and f.lfs:
+                entry["xetHash"] = self.xet_hash(f)
+        response.body = json.dumps(entries).encode()
+        return response
+
+    def _xet_token(self, request: Request) -> Response:
+        repo = self._lookup(request, self._kind(request))
+        if isinstance(repo, Response):
+            return repo
+        if self.xet_cas_url is None:
+            return _error(404, "EntryNotFound", "this repository is not in Xet storage")
+        expires = int(time.time()) + 3600
+        info = {"casUrl": self.xet_cas_url, "accessToken": "xet-read-token", "exp": expires}
+        headers = {
+            "X-Xet-Cas-Url": self.xet_cas_url,
+            "X-Xet-Access-Token": "xet-read-token",
+            "X-Xet-Token-Expiration": str(expires),
+        }
+        return _json(info, headers=headers)
 
     # -- upload API ----------------------------------------------------------------------------
     def _writer(self, request: Request) -> Response | None:

@@ -23,7 +23,7 @@ from typing_extensions import Self
 
 from bootstrap.demo.server import Exchange, Response, RouteServer
 
-Mode = Literal["answer", "404", "hang", "slow"]
+Mode = Literal["answer", "404", "hang", "slow", "hop-limit", "hop-limit-v2-only"]
 
 
 @dataclass(frozen=True)
@@ -171,11 +171,23 @@ def play_cloud(
     """Make `server` one cloud's metadata service; `region` is a zone for gcp (us-central1-a).
 
     "404": the service is there but the region path is missing; "hang"/"slow": the final
-    value request is accepted and never answered / answered after `delay_s`.
+    value request is accepted and never answered / answered after `delay_s`.  AWS only:
+    "hop-limit" is IMDS seen from a container one hop past the instance's hop limit of 1 (the
+    token PUT is accepted, its answer never arrives) with IMDSv1 allowed, so a GET without a
+    token answers; "hop-limit-v2-only" the same with tokens required (HttpTokens=required,
+    the default of new instances), where that GET gets 401.
     """
     routes = _cloud_routes(provider, region)
     value_route = list(routes)[-1]
-    if mode == "404":
+    if mode.startswith("hop-limit"):
+        if provider != "aws":
+            raise ValueError("the hop limit is IMDSv2's (aws)")
+        routes[("PUT", "/latest/api/token")] = replace(
+            routes[("PUT", "/latest/api/token")], hang=True
+        )
+        if mode == "hop-limit":
+            routes[value_route] = replace(routes[value_route], requires={})
+    elif mode == "404":
         routes[value_route] = NOT_FOUND
     elif mode == "hang":
         routes[value_route] = replace(routes[value_route], hang=True)

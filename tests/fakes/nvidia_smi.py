@@ -39,7 +39,7 @@ DRIVER_MISSING = (
     "Make sure that the latest NVIDIA driver is installed and running."
 )
 
-_SCRIPT = '''#!{python}
+_SCRIPT = """#!{python}
 import json, sys, time
 ROWS = {rows}
 DRIVER = {driver!r}
@@ -86,7 +86,7 @@ for i, row in enumerate(ROWS):
     print("| N/A   44C    P0             72W /  700W |       0MiB / {{:>6}}MiB |      0%      Default |".format(memory))
     print("|                                         |                        |             Disabled |")
     print(line)
-'''
+"""
 
 
 def install_nvidia_smi(

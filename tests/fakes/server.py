@@ -8,7 +8,8 @@ the next two requests for that file and then lets it through.
 
 Every request is recorded (method, target, headers without credential values, status, fault,
 body bytes sent) so tests can assert what the real client did: how often it retried, whether it
-resumed with a Range, whether it sent a token.
+resumed with a Range, whether it sent a token.  ``hold(pattern, until=...)`` makes requests
+wait for another one to arrive, which shows whether a client sends them at the same time.
 """
 
 from __future__ import annotations
@@ -163,11 +164,35 @@ class LoopbackServer(RouteServer):
         self.faults = FaultPlan()
         self.records: list[RequestRecord] = []
         self._records_lock = threading.Lock()
+        self._holds: list[tuple[re.Pattern[str], re.Pattern[str], threading.Event, float]] = []
+        self.holds_expired = 0
+
+    def hold(self, pattern: str, until: str, timeout_s: float = 30.0) -> None:
+        """Requests matching `pattern` wait until one matching `until` has come in; one that
+        waited `timeout_s` in vain is refused with 403 (not retried) and counted in
+        `holds_expired`.  A client that sends the two one after the other fails on it."""
+        self._holds.append((re.compile(pattern), re.compile(until), threading.Event(), timeout_s))
+
+    def _wait_for_holds(self, exchange: Exchange, target: str) -> bool:
+        """False when a hold on this request expired (a 403 went out)."""
+        for _, until, arrived, _ in self._holds:
+            if until.search(target):
+                arrived.set()
+        for pattern, _, arrived, timeout_s in self._holds:
+            if pattern.search(target) and not arrived.wait(timeout_s):
+                with self._records_lock:
+                    self.holds_expired += 1
+                exchange.send(Response(403, body=b'{"error": "held in vain"}', ranges=False))
+                return False
+        return True
 
     def serve(self, exchange: Exchange) -> None:
         record = RequestRecord.of(exchange.request)
         with self._records_lock:
             self.records.append(record)
+        if not self._wait_for_holds(exchange, record.target):
+            record.status = exchange.status
+            return
         fault = self.faults.take(record.method, record.target)
         record.fault = fault.kind if fault else None
         try:

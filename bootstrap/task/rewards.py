@@ -4,6 +4,10 @@ Each pure function takes the completion text (and, for correctness, the gold ans
 a float; its docstring says exactly what earns the score. `REWARD_FUNCS` holds the same five
 wrapped by `BatchReward`, the calling convention of TRL's GRPOTrainer, in the recipe's order.
 With the layout the system prompt asks for and the right number, the five add up to 4.0.
+
+`REWARDS` names every built-in reward: "gsm8k.<name>" for these five, and "notebook.<name>" for
+the February 2025 notebook's own five, reproduced as they behave, quirks included (README's
+table of deviations says where and why ours differ); `recipe: notebook` trains with those.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from bootstrap.train.data import extract_xml_answer, normalize_number
+from bootstrap.task.answers import extract_xml_answer, normalize_number
 
 # A completion as TRL hands it over: plain text, or (conversational data) a list of messages.
 Completion = str | Sequence[Mapping[str, Any]]
@@ -95,6 +99,52 @@ def correctness(completion: str, gold: str) -> float:
     return 2.0 if expected and normalize_number(extract_xml_answer(completion)) == expected else 0.0
 
 
+# The notebook's patterns, applied as it applies them: re.match without flags, so "." stops
+# at a newline and "$" also matches before a final newline.
+_NOTEBOOK_SOFT = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>")
+_NOTEBOOK_STRICT = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$")
+
+
+def xmlcount_notebook(completion: str) -> float:
+    """The notebook's count_xml: 0.125 for each of "<reasoning>\\n", "\\n</reasoning>\\n",
+    "\\n<answer>\\n" and "\\n</answer>" present exactly once.  With "\\n<answer>\\n", minus
+    0.001 per character after the last "\\n</answer>\\n" (the whole completion's length when
+    there is none); with "\\n</answer>", minus 0.001 per character after it, less one.  Text
+    after the answer is thus paid for twice."""
+    score = 0.0
+    score += 0.125 if completion.count("<reasoning>\n") == 1 else 0.0
+    score += 0.125 if completion.count("\n</reasoning>\n") == 1 else 0.0
+    if completion.count("\n<answer>\n") == 1:
+        score += 0.125 - 0.001 * len(completion.split("\n</answer>\n")[-1])
+    if completion.count("\n</answer>") == 1:
+        score += 0.125 - 0.001 * (len(completion.split("\n</answer>")[-1]) - 1)
+    return score
+
+
+def soft_format_notebook(completion: str) -> float:
+    """0.5 when the completion starts with "<reasoning>...</reasoning>", optional whitespace,
+    "<answer>...</answer>", where neither body contains a newline."""
+    return 0.5 if _NOTEBOOK_SOFT.match(completion) else 0.0
+
+
+def strict_format_notebook(completion: str) -> float:
+    """0.5 for "<reasoning>\\n{R}\\n</reasoning>\\n<answer>\\n{A}\\n</answer>\\n" with one-line
+    bodies R and A; nothing may precede it, and at most one more newline may follow."""
+    return 0.5 if _NOTEBOOK_STRICT.match(completion) else 0.0
+
+
+def integer_answer_notebook(completion: str) -> float:
+    """0.5 when the raw extracted answer passes str.isdigit(): digits only, any script's
+    digits counting ("٣" and "²" do), no sign, no separators, no surrounding spaces."""
+    return 0.5 if extract_xml_answer(completion).isdigit() else 0.0
+
+
+def correctness_notebook(completion: str, gold_text: str) -> float:
+    """2.0 when the extracted answer is exactly the text after "####" in the GSM8K answer,
+    stripped: "1,234" is not "1234" and "$18" is not "18"."""
+    return 2.0 if extract_xml_answer(completion) == gold_text else 0.0
+
+
 def completion_text(completion: Completion) -> str:
     """The text of one completion: the string itself, or the content of the last message."""
     if isinstance(completion, str):
@@ -128,7 +178,7 @@ class BatchReward:
         if missing:
             raise ValueError(f"reward {self.__name__!r} needs dataset column(s) {missing}")
         columns = [kwargs[name] for name in self.columns]
-        extras = zip(*columns) if columns else [()] * len(completions)
+        extras = zip(*columns, strict=True) if columns else [()] * len(completions)
         return [
             float(self.func(completion_text(completion), *extra))
             for completion, extra in zip(completions, extras, strict=True)
@@ -146,4 +196,20 @@ REWARD_FUNCS: tuple[BatchReward, ...] = (
     BatchReward(strict_format),
     BatchReward(integer_answer),
     BatchReward(correctness, columns=("answer",)),
+)
+NOTEBOOK_REWARD_FUNCS: tuple[BatchReward, ...] = (
+    BatchReward(xmlcount_notebook),
+    BatchReward(soft_format_notebook),
+    BatchReward(strict_format_notebook),
+    BatchReward(integer_answer_notebook),
+    BatchReward(correctness_notebook, columns=("gold_text",)),
+)
+# Every built-in reward by the name a config gives it (`rewards: [gsm8k.correctness, ...]`).
+REWARDS: dict[str, BatchReward] = {
+    **{f"gsm8k.{r.__name__}": r for r in REWARD_FUNCS},
+    **{f"notebook.{r.__name__.removesuffix('_notebook')}": r for r in NOTEBOOK_REWARD_FUNCS},
+}
+DEFAULT_REWARDS: tuple[str, ...] = tuple(f"gsm8k.{r.__name__}" for r in REWARD_FUNCS)
+NOTEBOOK_REWARDS: tuple[str, ...] = tuple(
+    f"notebook.{r.__name__.removesuffix('_notebook')}" for r in NOTEBOOK_REWARD_FUNCS
 )

@@ -12,9 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from bootstrap.config import JobConfig
+from bootstrap.config import HF_MIRROR, HUGGINGFACE, MODELSCOPE, JobConfig
 
-MirrorKind = Literal["hf", "modelscope"]
+MirrorKind = Literal["hf", "modelscope", "local"]
 RepoType = Literal["model", "dataset"]
 
 
@@ -71,10 +71,11 @@ def builtin_mirrors(config: JobConfig) -> list[Mirror]:
     """The three public hubs (endpoints from config) plus the user's extra HF-API mirrors."""
     ep = config.endpoints
     mirrors = [Mirror(name=n, kind="hf", endpoint=u.rstrip("/")) for n, u in _extra(config)]
-    return mirrors + [
-        Mirror(name="huggingface", kind="hf", endpoint=ep.hf_endpoint),
-        Mirror(name="hf-mirror", kind="hf", endpoint=ep.hf_mirror_endpoint),
-        Mirror(name="modelscope", kind="modelscope", endpoint=ep.modelscope_endpoint),
+    return [
+        *mirrors,
+        Mirror(name=HUGGINGFACE, kind="hf", endpoint=ep.hf_endpoint),
+        Mirror(name=HF_MIRROR, kind="hf", endpoint=ep.hf_mirror_endpoint),
+        Mirror(name=MODELSCOPE, kind="modelscope", endpoint=ep.modelscope_endpoint),
     ]
 
 

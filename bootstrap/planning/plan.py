@@ -6,20 +6,31 @@ machine, so `plan` can be printed, diffed and fingerprinted before a byte is dow
 
 from __future__ import annotations
 
-import importlib.util
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from bootstrap import __version__
-from bootstrap.config import JobConfig, TrainConfig
+from bootstrap.config import (
+    DEFAULT_RECIPE,
+    JobConfig,
+    Recipe,
+    TrainConfig,
+    read_recipe,
+    recipe_names,
+)
 from bootstrap.detect import Detection
 from bootstrap.detect.gpu import GPUReport
+from bootstrap.detect.system import importable
 from bootstrap.errors import ConfigError, EnvironmentUnfit
-from bootstrap.hub.select import sources_for
-from bootstrap.hub.sources import Source
-from bootstrap.train.launch import Launch, fit_strategy, resolve_launch
-from bootstrap.train.profiles import Profile, ProfileChoice, choose_profile
+from bootstrap.planning.fit import FitEstimate, estimate
+from bootstrap.planning.launch import Launch, fit_strategy, resolve_launch
+from bootstrap.planning.mirrors import sources_for
+from bootstrap.planning.profiles import Profile, ProfileChoice, choose_profile
+from bootstrap.planning.sources import Source
+from bootstrap.task.spec import TaskSpec, task_of
+from bootstrap.workspace import Workspace
 
 # The unsloth backend loads vLLM for generation only on GPUs it supports (Volta and newer).
 VLLM_MIN_COMPUTE_CAPABILITY = (7, 0)
@@ -42,6 +53,9 @@ class Plan(BaseModel, frozen=True):
     training: TrainConfig | None  # the recipe with every profile-dependent value filled in
     backend: BackendChoice
     launch: Launch | None = None  # processes, strategy, GPUs; None when training can't run here
+    recipe: str = DEFAULT_RECIPE
+    task: TaskSpec
+    fit: FitEstimate | None = None  # the memory estimate, where the recipe knows its model
     export_formats: list[str]
     refusal: str | None  # why training cannot run here, and what to do instead
     warnings: list[str]
@@ -51,10 +65,6 @@ class Plan(BaseModel, frozen=True):
         if self.training is None:
             raise EnvironmentUnfit(self.refusal or "no training profile fits this machine")
         return self.training
-
-
-def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
 
 
 def _compute_capability(gpus: GPUReport) -> tuple[int, int] | None:
@@ -94,7 +104,7 @@ def choose_backend(
     if config.backend == "trl" or (config.backend == "auto" and not on_gpu):
         why = "requested" if config.backend == "trl" else "no CUDA GPU in use: plain TRL + PEFT"
         return BackendChoice(name="trl", generation="hf", reason=why)
-    if config.backend == "auto" and not _installed("unsloth"):
+    if config.backend == "auto" and not importable("unsloth"):
         return BackendChoice(
             name="trl",
             generation="hf",
@@ -104,7 +114,7 @@ def choose_backend(
     cap = _compute_capability(gpus)
     if config.train.vllm == "off":
         return BackendChoice(name="unsloth", generation="hf", reason=f"{why}; vLLM turned off")
-    if not _installed("vllm"):
+    if not importable("vllm"):
         return BackendChoice(
             name="unsloth", generation="hf", reason=f"{why}; vllm not installed: HF generate"
         )
@@ -117,18 +127,28 @@ def choose_backend(
     return BackendChoice(name="unsloth", generation="vllm", reason=f"{why}; vLLM fast generation")
 
 
-def resolve_training(train: TrainConfig, profile: Profile, processes: int = 1) -> TrainConfig:
-    """Fill every None in the recipe from the profile and keep TRL's batch rule true.
+def resolve_training(
+    train: TrainConfig,
+    profile: Profile,
+    processes: int = 1,
+    recipe_settings: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """Fill every None in the training settings from the recipe's settings for this profile,
+    then from the profile, and keep TRL's batch rule true.
 
-    TRL needs the generation batch (per-device batch x accumulation x processes) to be a
-    multiple of num_generations.  A per-device batch from the profile is raised to fit, as in
-    the recipe; one the user set is theirs, so a misfit is a ConfigError naming what fits.
+    The per-device batch the profile gives is one prompt's group: num_generations, the recipe's
+    where it chose another (the notebooks' batch of 1, which Unsloth raises to a group).  TRL
+    needs the generation batch (per-device batch x accumulation x processes) to be a multiple
+    of num_generations; a per-device batch from the profile is raised to fit, one the user set
+    is theirs, so a misfit is a ConfigError naming what fits.
     """
+    chosen = {k: v for k, v in (recipe_settings or {}).items() if getattr(train, k) is None}
     filled = {
-        name: getattr(profile, name)
-        for name, value in train
-        if value is None and name in Profile.model_fields
+        **{n: getattr(profile, n) for n, v in train if v is None and n in Profile.model_fields},
+        **chosen,
     }
+    if "per_device_train_batch_size" not in chosen and train.per_device_train_batch_size is None:
+        filled["per_device_train_batch_size"] = filled.get("num_generations", train.num_generations)
     if filled.get("gpu_memory_utilization") == 0:
         # A CPU profile's 0 vLLM share means "no vLLM", which the config spells None (its range
         # excludes 0): the resolved plan must validate again when a rank reads it back.
@@ -166,17 +186,27 @@ def resolve_training(train: TrainConfig, profile: Profile, processes: int = 1) -
 
 
 def build_plan(
-    config: JobConfig, detection: Detection, config_sources: dict[str, str] | None = None
+    config: JobConfig,
+    detection: Detection,
+    config_sources: dict[str, str] | None = None,
+    recipe: Recipe | None = None,
 ) -> Plan:
     """The plan for this job on this machine.  Never raises for a machine that can't train:
-    `plan` must still show why; `Plan.require_training()` is where a GPU job refuses."""
+    `plan` must still show why; `Plan.require_training()` is where a GPU job refuses.  Raises
+    ConfigError for a task that cannot work (task.spec: a missing column, a reward that fails
+    on a sample row), which is read from this machine's files: the one I/O besides detection."""
+    recipe = recipe or read_recipe(config.recipe)
+    _check_trackers(config.train.report_to)
+    task = task_of(
+        config,
+        split=Workspace(config.workspace).split_path("train"),
+        recipe_rewards=recipe.reward_set,
+    )
     warnings: list[str] = []
     refusal: str | None = None
     choice: ProfileChoice | None
     try:
-        choice = choose_profile(
-            detection.gpus, config.profile, config.train.gpu_memory_limit_gib
-        )
+        choice = choose_profile(detection.gpus, config.profile, config.train.gpu_memory_limit_gib)
     except EnvironmentUnfit as exc:
         choice, refusal = None, str(exc)
     launch: Launch | None = None
@@ -188,10 +218,29 @@ def build_plan(
         except EnvironmentUnfit as exc:  # shown by `plan`; `train` exits 3 with it
             refusal = str(exc)
     training = (
-        resolve_training(config.train, choice.profile, launch.processes)
+        resolve_training(
+            config.train,
+            choice.profile,
+            launch.processes,
+            recipe.profiles.get(choice.profile.name),
+        )
         if choice and launch
         else None
     )
+    fit = None
+    if (
+        training is not None
+        and choice is not None
+        and choice.profile.requires_gpu
+        and recipe.model_facts
+    ):
+        budget = (
+            training.gpu_memory_limit_gib or min(g.memory_mib for g in detection.gpus.gpus) / 1024
+        )
+        fit = estimate(recipe.model_facts, training, budget)
+        if not fit.fits:
+            refusal = _too_big(recipe, fit)
+            training = None
     backend = choose_backend(config, detection.gpus, choice.profile if choice else None, launch)
     if training is not None and launch is not None:
         training = fit_strategy(training, launch, warnings)
@@ -199,6 +248,8 @@ def build_plan(
         # bitsandbytes' 8-bit optimisers are CUDA kernels; say so here rather than at step 1.
         warnings.append(f"optim {training.optim} needs CUDA: adamw_torch is used on this machine")
         training = training.model_copy(update={"optim": "adamw_torch"})
+    if detection.cuda.fits is False and detection.cuda.advice:
+        warnings.append(detection.cuda.advice)
     region = detection.region
     if config.offline:
         warnings.append("offline: no probes ran; fetch will only use what is in the workspace")
@@ -213,7 +264,36 @@ def build_plan(
         training=training,
         backend=backend,
         launch=launch,
+        recipe=recipe.name,
+        task=task,
+        fit=fit,
         export_formats=list(config.export.export_formats),
         refusal=refusal,
         warnings=warnings,
+    )
+
+
+# report_to's trackers and the module transformers' callback for each imports.
+TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+
+
+def _check_trackers(report_to: list[str]) -> None:
+    """A tracker that is not installed fails here, not after the model has loaded."""
+    missing = [t for t in report_to if not importable(TRACKER_MODULES[t])]
+    if missing:
+        raise ConfigError(
+            f"report_to {', '.join(missing)}: not installed on this machine",
+            hint="pip install 'grpo-bootstrap[tracking]' (TensorBoard, W&B and Trackio), or "
+            "take it out of report_to",
+        )
+
+
+def _too_big(recipe: Recipe, fit: FitEstimate) -> str:
+    """Why the model cannot train on this budget, and what would."""
+    others = [name for name in recipe_names() if name != recipe.name]
+    return (
+        f"recipe {recipe.name} will not fit {fit.budget_gib:.1f} GiB of GPU memory: {fit.reason}; "
+        f"it needs about {fit.needed_gib:.0f} GiB (a larger card or gpu_memory_limit_gib), or a "
+        f"smaller model (--recipe {' / '.join(others)}), or lower num_generations / "
+        "max_seq_length"
     )

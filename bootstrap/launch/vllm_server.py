@@ -26,8 +26,11 @@ from typing import Any
 import httpx
 
 from bootstrap.config import TrainConfig
+from bootstrap.dtypes import vllm_dtype
 from bootstrap.errors import Interrupted, TrainingFailed
-from bootstrap.train.signals import terminated_with_parent
+from bootstrap.launch.environment import launch_environment
+from bootstrap.launch.signals import terminated_with_parent
+from bootstrap.lock import held_lock_fds
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,6 @@ START_TIMEOUT_S = 900.0  # model load + CUDA graph capture of a 3B model, with r
 STOP_GRACE_S = 30.0
 # The server has its GPU to itself: most of it becomes KV cache, as `trl vllm-serve` suggests.
 SERVER_GPU_MEMORY_UTILIZATION = 0.9
-_VLLM_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def free_port() -> int:
@@ -55,7 +57,7 @@ def serve_command(model_dir: Path, settings: TrainConfig, port: int) -> list[str
         "--host", HOST,
         "--port", str(port),
         "--gpu_memory_utilization", str(SERVER_GPU_MEMORY_UTILIZATION),
-        "--dtype", _VLLM_DTYPE[settings.dtype or "bf16"],
+        "--dtype", vllm_dtype(settings.dtype or "bf16"),
         "--max_model_len", str(settings.max_seq_length),
     ]  # fmt: skip
 
@@ -118,7 +120,6 @@ def vllm_server(
             carries the end of its log).
         Interrupted: `stop` became true while waiting.
     """
-    from bootstrap.train.launch import launch_environment
 
     port = free_port()
     command = serve_command(model_dir, settings, port)
@@ -129,7 +130,8 @@ def vllm_server(
         proc = subprocess.Popen(
             command, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own group: stopped as a whole, not hit by Ctrl-C
-            preexec_fn=terminated_with_parent(),
+            preexec_fn=terminated_with_parent(),  # noqa: PLW1509 - only a prctl, resolved before the fork
+            pass_fds=held_lock_fds(),  # the workspace stays locked while it serves
         )  # fmt: skip
     try:
         _wait_healthy(proc, f"http://{HOST}:{port}{HEALTH_ROUTE}", log_path, stop, timeout_s)
@@ -155,7 +157,7 @@ def _wait_healthy(
         if stop:
             raise Interrupted(
                 "interrupted while the vLLM server was starting; no training step ran",
-                hint="run `grpo-bootstrap train` again",
+                again="to start it",
             )
         if time.monotonic() > deadline:
             raise TrainingFailed(

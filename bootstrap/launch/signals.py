@@ -22,6 +22,37 @@ from typing import Any
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGINT, raised where the program was: it unwinds like Ctrl-C (the blocks that
+    write atomically leave nothing half-written) and says which signal it was."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def raise_stopped(signum: int, frame: Any) -> None:
+    """A signal handler for STOP_SIGNALS: raise Stopped.  A cloud's SIGTERM then ends the
+    process as Ctrl-C does, with exit 130 and a message, instead of killing it mid-write (143)."""
+    raise Stopped(signal.Signals(signum).name)
+
+
+class StopSignal:
+    """A SIGTERM/SIGINT handler that remembers the first signal, then raises Stopped.
+
+    The Stopped it raises may not come back as one: a library can catch it on its way out and
+    raise something else (transformers' lazy import turns it into ModuleNotFoundError "Could
+    not import module ..."), so whoever reads how a block ended asks `received` too.
+    """
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.received = self.received or signal.Signals(signum).name
+        raise_stopped(signum, frame)
+
+
 @contextlib.contextmanager
 def stop_signals_to(handler: Callable[[int, Any], None]) -> Iterator[bool]:
     """Route SIGTERM and SIGINT to `handler` inside the block; the previous handlers come back
@@ -62,3 +93,14 @@ def terminated_with_parent() -> Callable[[], None] | None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     return arm
+
+
+def die_with_parent(parent: int) -> None:
+    """The same request made by the child itself, first thing, for a parent with threads (where
+    a preexec_fn can deadlock the fork): SIGTERM when `parent`, the process that started this
+    one, dies; at once if it already has."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bootstrap.config import JobConfig
+from bootstrap.config import HF_MIRROR, HUGGINGFACE, MODELSCOPE, JobConfig, is_local_path
 from bootstrap.detect.region import HubProbe, Region
-from bootstrap.hub.sources import Artefact, Mirror, RepoType, Source, artefact, builtin_mirrors
+from bootstrap.planning.sources import Artefact, Mirror, RepoType, Source, artefact, builtin_mirrors
 
 REGION_ORDER: dict[str, tuple[str, ...]] = {
-    "cn": ("modelscope", "hf-mirror", "huggingface"),
-    "global": ("huggingface", "hf-mirror", "modelscope"),
+    "cn": (MODELSCOPE, HF_MIRROR, HUGGINGFACE),
+    "global": (HUGGINGFACE, HF_MIRROR, MODELSCOPE),
 }
 
 
@@ -53,7 +53,11 @@ def order_mirrors(
 def sources_for(
     config: JobConfig, repo_type: RepoType, region: Region, probes: Sequence[HubProbe]
 ) -> list[Source]:
-    """The ordered attempts for the job's model or dataset."""
+    """The ordered attempts for the job's model or dataset; a local dataset is its own source."""
+    if repo_type == "dataset" and is_local_path(config.dataset):
+        return [Source(mirror="local", kind="local", endpoint=f"file://{config.dataset}",
+                       repo_id=config.dataset, repo_type="dataset", revision=None,
+                       reason="a local file or directory")]  # fmt: skip
     art = artefact(config, repo_type)
     ordered = order_mirrors(builtin_mirrors(config), region, probes, config.mirror)
     return [_source(art, mirror, why) for mirror, why in ordered]

@@ -8,13 +8,15 @@ directory or /tmp, which a container restart or a fresh cloud instance loses.  P
 pre-emption compiles nothing again.
 
 A variable already set wins (the image sets them to /workspace/cache, which every job in the
-container shares); only unset ones are pointed into the workspace.  Values a library set earlier
+container shares); only unset ones are pointed into the workspace.  The stage processes of
+`run` are started with these values; a command that trains, evaluates or exports in its own
+process sets them for its length (`workspace_caches`, through constants.scoped_environment).  Values a library set earlier
 in the same process are not a user's choice and do not win: importing torch._dynamo (as
 transformers, TRL and vLLM do) sets TORCHINDUCTOR_CACHE_DIR to torch's /tmp default, and an
 evaluation's vLLM engine leaves Inductor and Triton pointed into its own directory (below), so
 `grpo-bootstrap run` would otherwise train with those.  Unsloth reads its variable when it is
 imported, so this runs before any backend is imported.  Two libraries then move the
-variables, and `restore_caches` puts them back each time:
+variables, and the scope's `reassert()` puts them back each time:
 - importing Unsloth removes TORCHINDUCTOR_CACHE_DIR (unsloth_zoo's patch_torch_compile, 2026.10),
   which would send torch.compile's cache back to /tmp;
 - an in-process vLLM engine points TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR into
@@ -28,11 +30,14 @@ variables, and `restore_caches` puts them back each time:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+from bootstrap import constants as C
 
 log = logging.getLogger(__name__)
 
@@ -47,34 +52,54 @@ CACHE_DIRS: dict[str, str] = {
     # container does not have.
     "UNSLOTH_MEGA_CACHE_DIR": "unsloth_mega_cache",
     "CUDA_CACHE_PATH": "nv-compute",  # the driver's JIT cache for PTX
+    "FLASHINFER_WORKSPACE_BASE": "flashinfer",  # FlashInfer's JIT kernels (vLLM's sampler)
+    # Not compile caches, but written under the home directory otherwise, which a container
+    # does not keep: matplotlib's font list (the report's plots), Triton's home (dumps,
+    # overrides) and vLLM's config root (its usage-stats marker).
+    "MPLCONFIGDIR": "matplotlib",
+    "TRITON_HOME": "triton-home",
+    "VLLM_CONFIG_ROOT": "vllm-config",
+    # huggingface_hub's cache and hf_xet's chunk cache: the stages download nothing (fetch
+    # writes into the workspace itself), but importing Unsloth creates both directories under
+    # ~/.cache/huggingface (seen on an H200).
+    "HF_HUB_CACHE": "huggingface/hub",
+    "HF_XET_CACHE": "huggingface/xet",
 }
 # The variables an in-process vLLM engine points into <VLLM_CACHE_ROOT>/torch_compile_cache.
 VLLM_MOVED = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
 
 
-def use_workspace_caches(
-    root: Path, environ: MutableMapping[str, str] | None = None
-) -> dict[str, str]:
-    """Point every compile cache that is not configured yet at a directory under `root`.
+def cache_environment(root: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The value every cache variable should have for a job whose caches live under `root`.
 
-    Creates the directories.  Variables already set are left alone (logged at debug level),
-    unless torch or vLLM set them (module docstring).  Returns every cache variable's value now
-    in effect, for `restore_caches`.
+    A variable already set keeps its value (logged at debug level), unless torch or vLLM set it
+    (module docstring); the others get a directory under `root`, created here.  Changes
+    nothing: `workspace_caches` puts the result into effect, and a child is started with it.
     """
     env = os.environ if environ is None else environ
     vllm_root = Path(env.get("VLLM_CACHE_ROOT") or root / CACHE_DIRS["VLLM_CACHE_ROOT"])
+    values: dict[str, str] = {}
     chosen: list[str] = []
     for variable, name in CACHE_DIRS.items():
         if env.get(variable) and not _set_by_a_library(variable, env[variable], vllm_root):
             log.debug("%s already set to %s: left as is", variable, env[variable])
+            values[variable] = env[variable]
             continue
         directory = root / name
         directory.mkdir(parents=True, exist_ok=True)
-        env[variable] = str(directory)
+        values[variable] = str(directory)
         chosen.append(variable)
     if chosen:
         log.info("compile caches in %s (%s)", root, ", ".join(sorted(chosen)))
-    return {variable: env[variable] for variable in CACHE_DIRS}
+    return values
+
+
+@contextlib.contextmanager
+def workspace_caches(root: Path) -> Iterator[C.EnvironmentScope]:
+    """Inside the block, every cache variable points where `cache_environment` says; the scope's
+    `reassert()` sets back what a library import moved (module docstring)."""
+    with C.scoped_environment(cache_environment(root)) as scope:
+        yield scope
 
 
 def _set_by_a_library(variable: str, value: str, vllm_root: Path) -> bool:
@@ -88,17 +113,3 @@ def _set_by_a_library(variable: str, value: str, vllm_root: Path) -> bool:
 
         return value == default_cache_dir()
     return False
-
-
-def restore_caches(
-    effective: Mapping[str, str], environ: MutableMapping[str, str] | None = None
-) -> list[str]:
-    """Set back the cache variables of `effective` that an import has removed or changed since;
-    returns their names."""
-    env = os.environ if environ is None else environ
-    changed = [name for name, value in effective.items() if env.get(name) != value]
-    for name in changed:
-        env[name] = effective[name]
-    if changed:
-        log.info("put back %s after a library import changed it", ", ".join(changed))
-    return changed
