@@ -400,23 +400,37 @@ def test_the_llama_cpp_worker_stops_when_the_export_is_killed(
                 found.append(int(entry.name))
         return found
 
-    def pending(pid: int) -> int:
-        status = Path(f"/proc/{pid}/status").read_text()
-        return int(status.split("SigPnd:")[1].split()[0], 16) | int(
-            status.split("ShdPnd:")[1].split()[0], 16
-        )
+    def status(pid: int) -> dict[str, str] | None:
+        try:
+            lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        except FileNotFoundError:
+            return None  # ended and reaped
+        return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+    def stopped_by_its_parents_death(pid: int) -> bool:
+        # Either way is a stop: the stage process that ran the worker (an export runs in its own
+        # process, which gets SIGTERM when the CLI dies) kills it with SIGKILL as it unwinds, or,
+        # when that process dies first, Linux queues the worker's own SIGTERM.
+        fields = status(pid)
+        if fields is None:
+            return True
+        pending = int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
+        return bool(pending & (1 << (signal.SIGTERM - 1)))
 
     try:
         wait_until(workers, within_s=120, what="a llama.cpp worker", alive=export, every_s=0.01)
         (worker,) = workers()
         # Held still so that it cannot end by itself (done, or a write to the dead parent's
-        # pipe): what reaches it is then only what Linux sends when its parent dies.
+        # pipe): what reaches it is then only what its parent's death brings.
         os.kill(worker, signal.SIGSTOP)
+        wait_until(lambda: (status(worker) or {}).get("State", "").startswith("T"), within_s=5,
+                   what="the worker held still (it had not finished converting)")  # fmt: skip
         export.send_signal(signal.SIGKILL)
         export.wait(timeout=30)
-        wait_until(lambda: pending(worker) & (1 << (signal.SIGTERM - 1)), within_s=5,
-                   what="SIGTERM for the worker from its parent's death")  # fmt: skip
-        os.kill(worker, signal.SIGCONT)
+        wait_until(lambda: stopped_by_its_parents_death(worker), within_s=5,
+                   what="SIGKILL or SIGTERM for the worker once its parents died")  # fmt: skip
+        if status(worker) is not None:
+            os.kill(worker, signal.SIGCONT)
         wait_until(lambda: not workers(), within_s=15, what="the worker to stop with its parent")
     finally:
         if export.poll() is None:
