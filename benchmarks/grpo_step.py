@@ -17,12 +17,17 @@ number of files each launch wrote into those caches (a warm relaunch compiles, s
 nothing) and how AOTAutograd's on-disk cache served the graphs each launch compiled (a warm
 relaunch finds every cacheable one).
 `--gpu-memory-limit-gib 15 --profile gpu-16gb` runs the 16 GB (T4) profile held to a T4's
-15 GiB; without `--profile` the settings below are the issue's comparison config.
+15 GiB; without `--profile` the settings below are the issue's comparison config.  `--recipe`
+trains another model's recipe (bootstrap/recipes/) on a model directory of that shape, served
+under the recipe's model id, with its settings for the profile.
 
     python benchmarks/grpo_step.py                      # random Qwen2.5-3B on a GPU; tiny on CPU
     python benchmarks/grpo_step.py --model DIR --steps 8 --backends trl,unsloth-vllm
     python benchmarks/grpo_step.py --backends unsloth-vllm --profile gpu-16gb \
         --gpu-memory-limit-gib 15 --relaunch
+    python benchmarks/random_qwen.py --arch phi-4 --out /tmp/phi4 --device cuda
+    python benchmarks/grpo_step.py --model /tmp/phi4 --recipe phi-4 --backends unsloth-vllm \
+        --profile gpu-16gb --gpu-memory-limit-gib 15 --steps 4
 """
 
 from __future__ import annotations
@@ -120,7 +125,7 @@ def aot_cache_use() -> dict[str, int]:
 
 def child(args: argparse.Namespace) -> int:
     """One variant in this process: build a workspace, train, write the summary JSON."""
-    from bootstrap.config import load_config
+    from bootstrap.config import load_config, read_recipe
     from bootstrap.detect import detect
     from bootstrap.planning.plan import build_plan
     from bootstrap.train.grpo import train
@@ -128,11 +133,12 @@ def child(args: argparse.Namespace) -> int:
     from bootstrap.workspace import Workspace
     from tests.fakes.assets import write_gsm8k
 
+    model_id = read_recipe(args.recipe).values["model"] if args.recipe else MODEL_ID
     ws = Workspace(args.work / args.child)
     if not args.relaunch_after:  # a relaunch resumes the first launch's workspace
         shutil.rmtree(ws.root, ignore_errors=True)
-        ws.model_dir(MODEL_ID).parent.mkdir(parents=True)
-        ws.model_dir(MODEL_ID).symlink_to(args.model.resolve(), target_is_directory=True)
+        ws.model_dir(model_id).parent.mkdir(parents=True)
+        ws.model_dir(model_id).symlink_to(args.model.resolve(), target_is_directory=True)
         splits = write_gsm8k(ws.root / "_gsm8k", train_rows=256, test_rows=4, seed=1)
         ws.data_dir.mkdir(parents=True)
         shutil.copy2(splits["train"], ws.split_path("train"))
@@ -141,7 +147,8 @@ def child(args: argparse.Namespace) -> int:
     flags: dict[str, Any] = {
         "workspace": ws.root,
         "offline": True,
-        "model": MODEL_ID,
+        "model": model_id,
+        **({"recipe": args.recipe} if args.recipe else {}),
         "profile": args.profile or (None if on_cuda else "cpu-smoke"),
         **VARIANTS[args.child],
         "load_in_4bit": on_cuda and not args.no_4bit,
@@ -222,6 +229,7 @@ def run_variant(variant: str, args: argparse.Namespace, relaunch_after: int = 0)
         "--completion-length": args.completion_length,
         "--lora-rank": args.lora_rank,
         "--profile": args.profile,
+        "--recipe": args.recipe,
         "--gpu-memory-utilization": args.gpu_memory_utilization,
         "--gpu-memory-limit-gib": args.gpu_memory_limit_gib,
     }
@@ -368,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-4bit", action="store_true", help="16-bit weights instead of 4-bit on GPU"
     )
     parser.add_argument("--profile", help="training profile (default: chosen from the GPU)")
+    parser.add_argument("--recipe", help="a recipe of bootstrap/recipes/ (default: the default's)")
     parser.add_argument("--gpu-memory-utilization", type=float, help="vLLM's share of the GPU")
     parser.add_argument(
         "--gpu-memory-limit-gib", type=float, help="cap each variant's GPU memory (torch + vLLM)"

@@ -9,6 +9,11 @@ detokenises every sampled id).  Random weights never emit EOS: completions run t
 
     python benchmarks/random_qwen.py --out /tmp/qwen2.5-3b-random            # the real sizes
     python benchmarks/random_qwen.py --out /tmp/tiny --tiny                  # a CPU-sized one
+    python benchmarks/random_qwen.py --out /tmp/phi-4-random --arch phi-4     # Phi-4 (14B)
+
+`--arch phi-4` builds Phi-4's shape as Unsloth trains it: unsloth/phi-4 is Microsoft's model with
+its fused projections split into Llama's (hidden 5120, intermediate 17920, 40 layers, 40 heads,
+10 KV heads, vocabulary 100352, untied), which is what the phi-4 recipe's LoRA targets name.
 """
 
 from __future__ import annotations
@@ -34,6 +39,20 @@ QWEN25_3B: dict[str, Any] = {
     "rms_norm_eps": 1e-6,
     "tie_word_embeddings": True,
 }
+# unsloth/phi-4's config.json (LlamaForCausalLM), the same values.
+PHI_4: dict[str, Any] = {
+    "hidden_size": 5120,
+    "intermediate_size": 17920,
+    "num_hidden_layers": 40,
+    "num_attention_heads": 40,
+    "num_key_value_heads": 10,
+    "vocab_size": 100352,
+    "max_position_embeddings": 16384,
+    "rope_theta": 250000.0,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": False,
+}
+ARCHITECTURES = {"qwen2.5-3b": ("Qwen2", QWEN25_3B), "phi-4": ("Llama", PHI_4)}
 # The same shape, small enough for a CPU smoke run of the benchmark.
 TINY: dict[str, Any] = {
     **QWEN25_3B,
@@ -105,22 +124,28 @@ def build_tokenizer(dest: Path, vocab_size: int) -> Any:
     return wrapped
 
 
-def build_model(dest: Path, sizes: dict[str, Any], *, device: str, seed: int = 0) -> Path:
-    """Random Qwen2ForCausalLM of `sizes`, bf16, saved with its tokenizer at `dest`."""
+def build_model(
+    dest: Path, sizes: dict[str, Any], *, device: str, family: str = "Qwen2", seed: int = 0
+) -> Path:
+    """Random <family>ForCausalLM of `sizes`, bf16, saved with its tokenizer at `dest`."""
     import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    import transformers
+    from transformers import GenerationConfig
+
+    config_class = getattr(transformers, f"{family}Config")
+    model_class = getattr(transformers, f"{family}ForCausalLM")
 
     dest.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(dest, sizes["vocab_size"])
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    config = Qwen2Config(
+    config = config_class(
         **sizes, bos_token_id=None, eos_token_id=eos, pad_token_id=pad, dtype="bfloat16"
     )
     torch.manual_seed(seed)
     # Initialising 3B parameters is minutes on CPU and seconds on a GPU.
     with torch.device(device):
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+        model = model_class(config).to(torch.bfloat16)
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad)
     model.save_pretrained(str(dest))
     del model
@@ -134,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, required=True, help="directory to write (must not exist)"
     )
-    parser.add_argument("--tiny", action="store_true", help="a CPU-sized model of the same shape")
+    parser.add_argument(
+        "--arch", choices=sorted(ARCHITECTURES), default="qwen2.5-3b", help="whose shape"
+    )
+    parser.add_argument("--tiny", action="store_true", help="a CPU-sized model of Qwen's shape")
     parser.add_argument(
         "--device", default=None, help="where to initialise (default: cuda if available)"
     )
@@ -144,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    build_model(args.out, TINY if args.tiny else QWEN25_3B, device=device)
+    family, sizes = ("Qwen2", TINY) if args.tiny else ARCHITECTURES[args.arch]
+    build_model(args.out, sizes, device=device, family=family)
     print(args.out)
     return 0
 
