@@ -378,7 +378,7 @@ def test_the_llama_cpp_worker_stops_when_the_export_is_killed(
     import signal
     import subprocess
 
-    from tests.waiting import wait_until
+    from tests.waiting import processes_with, wait_until
 
     _, ws = make_lora_workspace(tmp_path / "ws", smollm2_dir)
     repo = Path(__file__).resolve().parents[1]
@@ -390,15 +390,7 @@ def test_the_llama_cpp_worker_stops_when_the_export_is_killed(
     )  # fmt: skip
 
     def workers() -> list[int]:
-        found = []
-        for entry in Path("/proc").iterdir():
-            try:
-                argv = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
-            except OSError:
-                continue
-            if b"bootstrap.export.llama_worker" in argv and str(ws.root).encode() in argv:
-                found.append(int(entry.name))
-        return found
+        return processes_with("bootstrap.export.llama_worker", str(ws.root))
 
     def status(pid: int) -> dict[str, str] | None:
         try:

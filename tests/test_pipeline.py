@@ -23,7 +23,7 @@ from bootstrap.cli import main
 from bootstrap.pipeline import STAGES, State
 from tests.conftest import logging_kept
 from tests.fakes.fixtures import QUICK_DEMO, with_demo_assets
-from tests.waiting import wait_until
+from tests.waiting import processes_with, wait_until
 
 STAGE_NAMES = [stage.name for stage in STAGES]
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -248,16 +248,7 @@ def _kill_when(workspace: Path, marker: str) -> None:
 
 def stage_processes(workspace: Path) -> list[int]:
     """Live processes running a stage of `run` for `workspace` (their argv names its job file)."""
-    marker = str(workspace / "stages").encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            argv = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
-        except OSError:
-            continue
-        if b"bootstrap.pipeline.worker" in argv and marker in argv:
-            found.append(int(entry.name))
-    return found
+    return processes_with("bootstrap.pipeline.worker", str(workspace / "stages"))
 
 
 def test_kill_9_at_every_stage_never_leaves_a_false_done(demo_workspace: Path) -> None:

@@ -21,7 +21,7 @@ import pytest
 
 from bootstrap.caches import CACHE_DIRS
 from tests.fakes.fixtures import QUICK_DEMO
-from tests.waiting import wait_until
+from tests.waiting import processes_with, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _ELSEWHERE = {*CACHE_DIRS, "HF_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "MODELSCOPE_CACHE"}
@@ -49,15 +49,9 @@ class User:
 
     def stage_process(self, stage: str) -> int | None:
         """The pid of the process running `stage` for this workspace, if there is one."""
-        job = str(self.ws / "stages" / f"{stage}.job.json").encode()
-        for entry in Path("/proc").iterdir():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
-            except OSError:
-                continue
-            if job in argv and b"bootstrap.pipeline.worker" in argv:
-                return int(entry.name)
-        return None
+        job = str(self.ws / "stages" / f"{stage}.job.json")
+        found = processes_with("bootstrap.pipeline.worker", job)
+        return found[0] if found else None
 
     def finish(self, proc: subprocess.Popen[str]) -> tuple[int, dict, str]:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,3 +28,17 @@ def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"no {what} within {within_s:g} s")
         time.sleep(every_s)
+
+
+def processes_with(*markers: str) -> list[int]:
+    """Pids of the live processes whose command line contains every one of `markers`."""
+    wanted = [marker.encode() for marker in markers]
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+        except OSError:  # ended while we looked
+            continue
+        if all(marker in argv for marker in wanted):
+            found.append(int(entry.name))
+    return found
