@@ -154,15 +154,20 @@ def old_driver_path(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
-def test_plan_in_the_cu130_image_on_an_old_driver_warns_with_the_variant(
-    old_driver_path, tmp_path: Path
-) -> None:
-    env = {"GRPO_BOOTSTRAP_IMAGE_VARIANT": "cu130"}
+def _plan_in_image(variant: str, tmp_path: Path) -> dict:
+    """`plan --json` as it runs in the image built for `variant`."""
+    env = {"GRPO_BOOTSTRAP_IMAGE_VARIANT": variant}
     result = CliRunner().invoke(
         main, ["--json", "--workspace", str(tmp_path / "w"), "plan", "--offline"], env=env
     )
     assert result.exit_code == 0, result.output
-    doc = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_plan_in_the_cu130_image_on_an_old_driver_warns_with_the_variant(
+    old_driver_path, tmp_path: Path
+) -> None:
+    doc = _plan_in_image("cu130", tmp_path)
     cuda = doc["detection"]["cuda"]
     assert (cuda["image_variant"], cuda["needs"], cuda["driver_version"], cuda["fits"]) == (
         "cu130",
@@ -172,7 +177,9 @@ def test_plan_in_the_cu130_image_on_an_old_driver_warns_with_the_variant(
     )
     [warning] = [w for w in doc["warnings"] if "CUDA 13.0" in w]
     assert CU128_BUILD in warning
-    human = CliRunner().invoke(main, ["detect", "--offline"], env=env)
+    human = CliRunner().invoke(
+        main, ["detect", "--offline"], env={"GRPO_BOOTSTRAP_IMAGE_VARIANT": "cu130"}
+    )
     assert human.exit_code == 0
     assert "the driver is too old" in human.stdout and "Use the cu128 image" in " ".join(
         human.stdout.split()
@@ -182,11 +189,6 @@ def test_plan_in_the_cu130_image_on_an_old_driver_warns_with_the_variant(
 def test_plan_in_the_cu128_image_on_the_same_driver_does_not_warn(
     old_driver_path, tmp_path: Path
 ) -> None:
-    env = {"GRPO_BOOTSTRAP_IMAGE_VARIANT": "cu128"}
-    result = CliRunner().invoke(
-        main, ["--json", "--workspace", str(tmp_path / "w"), "plan", "--offline"], env=env
-    )
-    assert result.exit_code == 0, result.output
-    doc = json.loads(result.stdout)
+    doc = _plan_in_image("cu128", tmp_path)
     assert doc["detection"]["cuda"]["fits"] is True
     assert not [w for w in doc["warnings"] if "CUDA" in w]
