@@ -133,7 +133,7 @@ def child(args: argparse.Namespace) -> int:
     from bootstrap.workspace import Workspace
     from tests.fakes.assets import write_gsm8k
 
-    model_id = read_recipe(args.recipe).values["model"] if args.recipe else MODEL_ID
+    model_id = read_recipe(args.recipe).values.get("model", MODEL_ID) if args.recipe else MODEL_ID
     ws = Workspace(args.work / args.child)
     if not args.relaunch_after:  # a relaunch resumes the first launch's workspace
         shutil.rmtree(ws.root, ignore_errors=True)
@@ -399,6 +399,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.steps < 6:
         parser.error("--steps must be at least 6: the first step plus 5 steady ones")
+    if args.recipe:
+        from bootstrap.config import read_recipe
+        from bootstrap.errors import ConfigError
+
+        if args.model is None:
+            parser.error("--recipe needs --model: a model directory of that recipe's shape")
+        try:
+            read_recipe(args.recipe)
+        except ConfigError as exc:
+            parser.error(f"--recipe: {exc}")
     on_cuda = cuda_available()
     args.work = (args.work or Path(tempfile.mkdtemp(prefix="grpo-step-"))).resolve()
     args.work.mkdir(parents=True, exist_ok=True)

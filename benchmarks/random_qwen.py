@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.out.exists():
         parser.error(f"{args.out} exists")
+    if args.tiny and args.arch != "qwen2.5-3b":
+        parser.error("--tiny builds Qwen's shape only; leave out --arch or --tiny")
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
