@@ -39,6 +39,7 @@ from bootstrap.train.grpo import (
     train,
 )
 from bootstrap.train.metrics import prune_metrics, read_metrics
+from bootstrap.train.phases import PHASES
 from bootstrap.workspace import Workspace
 from tests.fakes.assets import write_gsm8k
 from tests.waiting import wait_until
@@ -152,6 +153,13 @@ def test_a_run_writes_metrics_for_every_step_with_each_reward(flow: dict[str, An
         expected = 2 * line["completion_length"] / line["step_seconds"]
         assert line["completion_tokens_per_s"] == pytest.approx(expected)
         assert line["gpu_max_memory_allocated_bytes"] is None  # CPU: no GPU figure, not a 0
+        # Where the step went, from TRL's own profiling contexts and the Trainer's hooks.
+        phases = line["phase_seconds"]
+        assert set(phases) == set(PHASES)
+        assert sum(phases.values()) == pytest.approx(line["step_seconds"], abs=0.05)
+        measured = ("generate", "rewards", "scoring", "loss_forward", "backward", "optimizer")
+        assert all(phases[name] > 0 for name in measured), phases
+        assert phases["weight_sync"] == 0  # HF generate uses the trained model itself
 
 
 def test_a_run_leaves_a_checkpoint_and_the_lora(flow: dict[str, Any]) -> None:

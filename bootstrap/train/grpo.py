@@ -43,6 +43,7 @@ from bootstrap.train.backends import Backend, make_backend
 from bootstrap.train.compile_keys import stabilise_autograd_cache_keys
 from bootstrap.train.metrics import metrics_callback, prune_metrics
 from bootstrap.train.paged_state import resumed_state_callback
+from bootstrap.train.phases import trl_timings
 from bootstrap.train.samples import write_samples
 from bootstrap.train.tracking import (
     PROJECT,
@@ -436,7 +437,8 @@ def _run_trainer(
                 again="to resume",
             )
         try:
-            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            with trl_timings(metrics.clock):
+                trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         finally:
             metrics.close()
         step = int(trainer.state.global_step)

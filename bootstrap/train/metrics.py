@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from bootstrap import constants as C
+from bootstrap.train.phases import PhaseClock
 from bootstrap.workspace import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class StepMetrics(BaseModel):
     completion_tokens_per_s: float | None
     gpu_max_memory_allocated_bytes: int | None  # torch's peak on this process's GPU; None on CPU
     gpu_memory_used_bytes: int | None  # NVML: the whole device, so vLLM's pool is included
+    # Where the step's time went (train/phases.py): disjoint phases that add up to step_seconds.
+    phase_seconds: dict[str, float] | None = None
 
     def to_json_line(self) -> str:
         data = self.model_dump(exclude={"rewards"})
@@ -68,6 +71,7 @@ def step_metrics(
     step_seconds: float | None,
     completions_per_step: int,
     gpu: tuple[int | None, int | None] = (None, None),
+    phases: dict[str, float] | None = None,
 ) -> StepMetrics:
     """A StepMetrics from one trainer log record (TRL's key names) and our own measurements."""
     rewards = {
@@ -97,6 +101,7 @@ def step_metrics(
         completion_tokens_per_s=tokens_per_s,
         gpu_max_memory_allocated_bytes=gpu[0],
         gpu_memory_used_bytes=gpu[1],
+        phase_seconds=phases,
     )
 
 
@@ -268,8 +273,10 @@ def metrics_callback(path: Path, *, completions_per_step: int, show_progress: bo
         def __init__(self) -> None:
             self.path = path
             self.records: list[StepMetrics] = []
+            self.clock = PhaseClock()  # trl_timings(clock) feeds it TRL's contexts
             self._started: float | None = None
             self._seconds: dict[int, float] = {}
+            self._phases: dict[int, dict[str, float]] = {}
             self._progress: _Progress | None = None
 
         def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
@@ -281,12 +288,23 @@ def metrics_callback(path: Path, *, completions_per_step: int, show_progress: bo
             # Only the first micro-batch starts the clock: with gradient accumulation some
             # transformers versions call this once per micro-batch, on_step_end once per step.
             if self._started is None:
+                self.clock.mark("begin")
                 self._started = time.perf_counter()
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            self.clock.mark("pre_optimizer")
+
+        def on_optimizer_step(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            self.clock.mark("optimizer")
 
         def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
             if self._started is not None:
+                self.clock.mark("end")
                 self._seconds[state.global_step] = time.perf_counter() - self._started
                 self._started = None
+                phases = self.clock.take()
+                if phases is not None:
+                    self._phases[state.global_step] = phases
 
         def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
             # The summary log at the end of train() carries no reward: it is not a step.
@@ -298,6 +316,7 @@ def metrics_callback(path: Path, *, completions_per_step: int, show_progress: bo
                 step_seconds=self._seconds.pop(state.global_step, None),
                 completions_per_step=completions_per_step,
                 gpu=gpu_memory(),
+                phases=self._phases.pop(state.global_step, None),
             )
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(record.to_json_line() + "\n")
