@@ -129,7 +129,11 @@ class TrainConfig(_Section):
     max_steps: int = Field(250, ge=1)
     save_steps: int = Field(250, ge=1, description="checkpoint interval; SIGTERM also saves")
     max_grad_norm: float = Field(0.1, gt=0)
-    vllm: Toggle = Field("auto", description="vLLM fast generation in the unsloth backend")
+    vllm: Toggle = Field(
+        "auto",
+        description="vLLM generation: the unsloth backend's fast_inference (auto: where it can "
+        "run); with the trl backend on one GPU, TRL's colocate mode (on only)",
+    )
     system_prompt: str | None = Field(None, description="None = the recipe's XML format prompt")
     one_shot: bool = Field(False, description="show one worked example first (for small models)")
     sample_question: str = "How many r's are in strawberry?"

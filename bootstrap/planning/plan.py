@@ -101,17 +101,14 @@ def choose_backend(
             + ("; generation by TRL's vLLM server" if server else ""),
         )
     on_gpu = bool(gpus.gpus) and (profile is None or profile.requires_gpu)
+    cap = _compute_capability(gpus)
     if config.backend == "trl" or (config.backend == "auto" and not on_gpu):
         why = "requested" if config.backend == "trl" else "no CUDA GPU in use: plain TRL + PEFT"
-        return BackendChoice(name="trl", generation="hf", reason=why)
+        return _trl(why, colocate=on_gpu and config.train.vllm == "on", cap=cap)
     if config.backend == "auto" and not importable("unsloth"):
-        return BackendChoice(
-            name="trl",
-            generation="hf",
-            reason="unsloth is not installed (pip install 'grpo-bootstrap[gpu]'): plain TRL + PEFT",
-        )
+        why = "unsloth is not installed (pip install 'grpo-bootstrap[gpu]'): plain TRL + PEFT"
+        return _trl(why, colocate=config.train.vllm == "on", cap=cap)
     why = "requested" if config.backend == "unsloth" else "CUDA GPU and unsloth installed"
-    cap = _compute_capability(gpus)
     if config.train.vllm == "off":
         return BackendChoice(name="unsloth", generation="hf", reason=f"{why}; vLLM turned off")
     if not importable("vllm"):
@@ -125,6 +122,22 @@ def choose_backend(
             reason=f"{why}; compute capability {cap[0]}.{cap[1]} is below vLLM's 7.0: HF generate",
         )
     return BackendChoice(name="unsloth", generation="vllm", reason=f"{why}; vLLM fast generation")
+
+
+def _trl(why: str, *, colocate: bool, cap: tuple[int, int] | None) -> BackendChoice:
+    """TRL + PEFT on one process, generating with HF, or with vLLM in TRL's colocate mode (an
+    engine in the training process) when `vllm: on` asked for it on a GPU.  Only on request: the
+    engine's share of the card is taken from training, which plain TRL users size themselves."""
+    if not colocate:
+        return BackendChoice(name="trl", generation="hf", reason=why)
+    if cap is not None and cap < VLLM_MIN_COMPUTE_CAPABILITY:
+        raise ConfigError(
+            f"vllm: on, but this GPU's compute capability {cap[0]}.{cap[1]} is below vLLM's 7.0",
+            hint="set vllm: auto or off to generate with HF",
+        )
+    return BackendChoice(
+        name="trl", generation="vllm", reason=f"{why}; generation by TRL's vLLM colocate mode"
+    )
 
 
 def resolve_training(

@@ -1,7 +1,8 @@
 """The two training backends behind one small interface.
 
 - `trl`: transformers + PEFT LoRA + TRL's GRPOTrainer.  CPU smoke runs, GPUs without unsloth,
-  and (later) several GPUs through accelerate.  4-bit loading through bitsandbytes on CUDA.
+  and several GPUs through accelerate.  4-bit loading through bitsandbytes on CUDA; generation
+  by HF generate, or by vLLM in TRL's colocate mode (`vllm: on`) or server mode (vllm_server).
 - `unsloth`: Unsloth's FastLanguageModel (its kernels, 4-bit, "unsloth" gradient checkpointing)
   with TRL's GRPOTrainer as Unsloth patches it; generation through vLLM (`fast_inference`) when
   the plan chose it, else HF generate.
@@ -203,9 +204,24 @@ class Backend(ABC):
 
 
 class TrlBackend(Backend):
-    """transformers + PEFT LoRA; TRL's own GRPOTrainer with HF generate."""
+    """transformers + PEFT LoRA; TRL's own GRPOTrainer, generating with HF generate or with vLLM
+    in TRL's colocate mode (one engine inside the training process)."""
 
     name = "trl"
+
+    def config_overrides(self) -> dict[str, Any]:
+        if self.generation != "vllm":
+            return super().config_overrides()
+        s = self.settings
+        # A multi-process launch replaces the mode with TRL's vLLM server (launch/vllm_server.py).
+        return {
+            **super().config_overrides(),
+            "use_vllm": True,
+            "vllm_mode": "colocate",
+            "vllm_gpu_memory_utilization": vllm_memory_utilization(s),
+            # Else the engine reserves room for the model's whole context (32k for Qwen2.5).
+            "vllm_max_model_length": s.max_seq_length,
+        }
 
     def load(self) -> tuple[Any, Any, Any]:
         from peft import LoraConfig, prepare_model_for_kbit_training
@@ -353,7 +369,12 @@ def make_backend(
     """
     backend: Backend
     if choice.name == "trl":
-        backend = TrlBackend(settings, model_dir, "hf", choice.reason)
+        if choice.generation == "vllm" and (failure := _import_error("vllm")) is not None:
+            raise EnvironmentUnfit(
+                f"generation by vLLM was chosen, but vllm does not import ({failure})",
+                hint="set vllm: auto or off to generate with HF, or fix the vllm install",
+            )
+        backend = TrlBackend(settings, model_dir, choice.generation, choice.reason)
     elif (failure := _import_error("unsloth")) is not None:
         if requested == "unsloth":
             raise EnvironmentUnfit(
