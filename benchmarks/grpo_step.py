@@ -1,14 +1,22 @@
 """GRPO step time on every available backend, same config, one invocation.
 
-Variants: `trl` (TRL + PEFT, HF generate), `unsloth` (HF generate), `unsloth-vllm` (Unsloth's
-fast_inference).  Each runs in its own process (unsloth must be imported before transformers,
-and GPU memory must start clean for the peak figures) through the product's own `train()`, so
-the numbers are those of `grpo-bootstrap train`; they are read back from its metrics.jsonl.
+Variants: `trl` (TRL + PEFT, HF generate), `trl-vllm` (TRL + PEFT with vLLM in TRL's colocate
+mode: the peer a user would pick instead of us), `unsloth` (HF generate), `unsloth-vllm`
+(Unsloth's fast_inference).  A variant may name its base weights' precision, `unsloth-vllm:4bit`
+or `unsloth-vllm:16bit` (the profile's 16-bit dtype; default: 4-bit on a GPU unless --no-4bit,
+or the profile's choice with --profile), so both recipes and the peer are compared in one
+invocation.  Each runs in its own process (unsloth must be imported before
+transformers, and GPU memory must start clean for the peak figures) through the product's own
+`train()`, so the numbers are those of `grpo-bootstrap train`; they are read back from its
+metrics.jsonl.
 
 Printed per variant: first-step seconds (compilation, cold caches), steady s/step (median of the
-steps after the first; at least 5 of them), completion tokens/s (median), peak GPU memory by
-torch (max_memory_allocated) and by NVML (device used minus the reading before the model was
-loaded, which includes vLLM's pre-allocated pool).
+steps after the first; at least 5 of them), the slowest steady step against that median, launch
+to the end of the first step, completion tokens/s (median), peak GPU memory by torch
+(max_memory_allocated) and by NVML (device used minus the reading before the model was loaded,
+which includes vLLM's pre-allocated pool), and the ratio to the strongest peer run (trl-vllm,
+else trl).  A second table splits the median steady step into its phases (train/phases.py:
+generation, weight sync, rewards, scoring forwards, loss forward, backward, optimiser, other).
 
 `--relaunch` then starts each variant a second time on the same workspace, as a restart after
 pre-emption would: it resumes from the last checkpoint with the compile caches the first launch
@@ -23,6 +31,8 @@ under the recipe's model id, with its settings for the profile.
 
     python benchmarks/grpo_step.py                      # random Qwen2.5-3B on a GPU; tiny on CPU
     python benchmarks/grpo_step.py --model DIR --steps 8 --backends trl,unsloth-vllm
+    python benchmarks/grpo_step.py --model DIR --gpu-memory-utilization 0.3 \
+        --backends trl-vllm:16bit,unsloth-vllm:4bit,unsloth-vllm:16bit
     python benchmarks/grpo_step.py --backends unsloth-vllm --profile gpu-16gb \
         --gpu-memory-limit-gib 15 --relaunch
     python benchmarks/random_qwen.py --arch phi-4 --out /tmp/phi4 --device cuda
@@ -49,14 +59,19 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from bootstrap.train.phases import PHASES  # noqa: E402
+
 MODEL_ID = "benchmarks/random-qwen2.5-3b"
 VARIANTS: dict[str, dict[str, str]] = {
     "trl": {"backend": "trl", "vllm": "off"},
+    "trl-vllm": {"backend": "trl", "vllm": "on"},
     "unsloth": {"backend": "unsloth", "vllm": "off"},
     "unsloth-vllm": {"backend": "unsloth", "vllm": "on"},
 }
 GIB = 1024**3
 RELAUNCH_STEPS = 2  # the first step after a restart, and one to show it is past compilation
+PRECISIONS = ("4bit", "16bit")
+PEERS = ("trl-vllm", "trl")  # the strongest first: what the ratio column compares against
 
 
 def cuda_available() -> bool:
@@ -66,13 +81,19 @@ def cuda_available() -> bool:
 
 
 def available_variants(on_cuda: bool) -> list[str]:
-    """trl always; unsloth on CUDA when installed; unsloth-vllm when vllm is installed too."""
-    found = ["trl"]
+    """trl always; trl-vllm on CUDA with vllm installed; unsloth on CUDA when installed;
+    unsloth-vllm when vllm is installed too."""
+    vllm = importlib.util.find_spec("vllm") is not None
+    found = ["trl"] + (["trl-vllm"] if on_cuda and vllm else [])
     if on_cuda and importlib.util.find_spec("unsloth") is not None:
-        found.append("unsloth")
-        if importlib.util.find_spec("vllm") is not None:
-            found.append("unsloth-vllm")
+        found += ["unsloth"] + (["unsloth-vllm"] if vllm else [])
     return found
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """`unsloth-vllm:16bit` -> ("unsloth-vllm", "16bit"); a bare variant has no precision."""
+    variant, _, precision = name.partition(":")
+    return variant, precision or None
 
 
 def summarise(lines: list[dict[str, Any]], baseline_used: int | None) -> dict[str, Any]:
@@ -89,11 +110,25 @@ def summarise(lines: list[dict[str, Any]], baseline_used: int | None) -> dict[st
         if line.get("gpu_max_memory_allocated_bytes")
     ]
     used = [line["gpu_memory_used_bytes"] for line in lines if line.get("gpu_memory_used_bytes")]
+    phases = [line["phase_seconds"] for line in lines[1:] if line.get("phase_seconds")]
+    median = statistics.median(steady) if steady else None
     return {
         "steps": len(lines),
         "first_step_s": seconds[0] if seconds else None,
-        "steady_s_per_step": statistics.median(steady) if steady else None,
+        "steady_s_per_step": median,
         "steady_steps": len(steady),
+        # The slowest steady step against the median, and which steps passed 1.5x of it.
+        "worst_step_ratio": max(steady) / median if median else None,
+        "spike_steps": [
+            line["step"]
+            for line, s in zip(lines[1:], steady, strict=False)
+            if median and s > 1.5 * median
+        ],
+        "phase_seconds": {
+            name: statistics.median(p.get(name, 0.0) for p in phases) for name in PHASES
+        }
+        if phases
+        else None,
         "completion_tokens_per_s": statistics.median(rates) if rates else None,
         "completion_length": statistics.mean(line["completion_length"] for line in lines)
         if lines
@@ -128,13 +163,14 @@ def child(args: argparse.Namespace) -> int:
     from bootstrap.config import load_config, read_recipe
     from bootstrap.detect import detect
     from bootstrap.planning.plan import build_plan
+    from bootstrap.train.backends import vllm_share
     from bootstrap.train.grpo import train
     from bootstrap.train.metrics import nvml_used_bytes, read_metrics
     from bootstrap.workspace import Workspace
     from tests.fakes.assets import write_gsm8k
 
     model_id = read_recipe(args.recipe).values.get("model", MODEL_ID) if args.recipe else MODEL_ID
-    ws = Workspace(args.work / args.child)
+    ws = Workspace(args.work / args.name.replace(":", "-"))
     if not args.relaunch_after:  # a relaunch resumes the first launch's workspace
         shutil.rmtree(ws.root, ignore_errors=True)
         ws.model_dir(model_id).parent.mkdir(parents=True)
@@ -151,7 +187,7 @@ def child(args: argparse.Namespace) -> int:
         **({"recipe": args.recipe} if args.recipe else {}),
         "profile": args.profile or (None if on_cuda else "cpu-smoke"),
         **VARIANTS[args.child],
-        "load_in_4bit": on_cuda and not args.no_4bit,
+        **precision_flags(args),
         "gradient_accumulation_steps": 1,
         "max_prompt_length": 256,
         "max_steps": args.steps,
@@ -162,6 +198,7 @@ def child(args: argparse.Namespace) -> int:
     for name in ("gpu_memory_utilization", "gpu_memory_limit_gib"):
         if getattr(args, name) is not None:
             flags[name] = getattr(args, name)
+    flags.update(config_pairs(args.set))
     config = load_config(flags=flags).config
     plan = build_plan(config, detect(config))
     baseline = nvml_used_bytes(0) if on_cuda else None
@@ -177,7 +214,7 @@ def child(args: argparse.Namespace) -> int:
     # user waits for after a (re)launch.
     to_first = datetime.fromisoformat(launch[0]["time"]).timestamp() - started_wall
     summary = {
-        "variant": args.child,
+        "variant": args.name,
         "backend": result.backend,
         "generation": result.generation,
         "total_s": time.perf_counter() - started,
@@ -187,12 +224,38 @@ def child(args: argparse.Namespace) -> int:
         "max_completion_length": plan.training.max_completion_length,
         "lora_rank": plan.training.lora_rank,
         "gpu_memory_limit_gib": plan.training.gpu_memory_limit_gib,
+        "load_in_4bit": plan.training.load_in_4bit,
+        "dtype": plan.training.dtype,
+        "vllm_share": vllm_share(plan.training),
         "cache_files_written": written,
         "aot_cache": aot_cache_use(),
         **summarise(launch, baseline),
     }
     args.result.write_text(json.dumps(summary, indent=2))
     return 0
+
+
+def precision_flags(args: argparse.Namespace) -> dict[str, bool]:
+    """4-bit base weights or 16-bit: as the variant names it, else --no-4bit, else the
+    profile's choice with --profile, else the issue's comparison config (4-bit on a GPU)."""
+    if args.precision is not None:
+        return {"load_in_4bit": args.precision == "4bit" and args.on_cuda}
+    if args.no_4bit:
+        return {"load_in_4bit": False}
+    return {} if args.profile else {"load_in_4bit": args.on_cuda}
+
+
+def config_pairs(pairs: list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` pairs as config flags, parsed as `grpo-bootstrap --set` parses them."""
+    from bootstrap.config import FIELDS, parse_text
+
+    flags: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in FIELDS:
+            raise ValueError(f"--set {pair!r}: expected KEY=VALUE with a config key")
+        flags[key] = parse_text(key, raw)
+    return flags
 
 
 def shape_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -222,8 +285,10 @@ def run_variant(variant: str, args: argparse.Namespace, relaunch_after: int = 0)
     RELAUNCH_STEPS more (the first one after a restart is the figure); only those are summarised.
     """
     name = f"{variant}-relaunch" if relaunch_after else variant
-    result = args.work / f"{name}.json"
-    log = args.work / f"{name}.log"
+    base, precision = split_name(variant)
+    stem = name.replace(":", "-")
+    result = args.work / f"{stem}.json"
+    log = args.work / f"{stem}.log"
     optional = {
         "--num-generations": args.num_generations,
         "--completion-length": args.completion_length,
@@ -234,11 +299,14 @@ def run_variant(variant: str, args: argparse.Namespace, relaunch_after: int = 0)
         "--gpu-memory-limit-gib": args.gpu_memory_limit_gib,
     }
     command = [
-        sys.executable, __file__, "--child", variant, "--model", str(args.model),
+        sys.executable, __file__, "--child", base, "--name", variant,
+        "--model", str(args.model),
         "--work", str(args.work), "--result", str(result),
         "--steps", str(relaunch_after + RELAUNCH_STEPS if relaunch_after else args.steps),
         "--relaunch-after", str(relaunch_after),
+        *(["--precision", precision] if precision else []),
         *(["--no-4bit"] if args.no_4bit else []),
+        *(part for pair in args.set for part in ("--set", pair)),
         *(part for flag, value in optional.items() if value is not None
           for part in (flag, str(value))),
     ]  # fmt: skip
@@ -264,8 +332,17 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def peer_of(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The strongest peer that ran (PEERS order), whichever precision it ran at."""
+    for peer in PEERS:
+        for row in rows:
+            if split_name(row["variant"])[0] == peer and "error" not in row:
+                return row
+    return None
+
+
 def render(rows: list[dict[str, Any]], args: argparse.Namespace, device: str) -> str:
-    trl = next((r for r in rows if r["variant"] == "trl" and "error" not in r), None)
+    peer = peer_of(rows)
     shape = next((r for r in rows if "error" not in r), None)
     title = f"GRPO step benchmark on {device}: model {args.model}, {args.steps} steps"
     if shape:
@@ -276,8 +353,9 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, device: str) ->
         if shape["gpu_memory_limit_gib"]:
             title += f", GPU memory capped at {shape['gpu_memory_limit_gib']:g} GiB"
     columns = (
-        "variant", "generation", "first step (s)", "steady s/step", "tokens/s",
-        "peak torch GiB", "peak NVML GiB", "vs trl",
+        "variant", "generation", "weights", "vLLM share", "launch to first step (s)",
+        "first step (s)", "steady s/step", "slowest / median", "tokens/s",
+        "peak torch GiB", "peak NVML GiB", f"vs {peer['variant'] if peer else 'peer'}",
     )  # fmt: skip
     lines = [
         title,
@@ -287,23 +365,47 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, device: str) ->
     ]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['variant']} | failed: {row['error']} (see its log) | | | | | | |")
+            failed = f"failed: {row['error']} (see its log)"
+            lines.append(f"| {row['variant']} | {failed} |" + " |" * (len(columns) - 2))
             continue
         speedup = (
-            trl["steady_s_per_step"] / row["steady_s_per_step"]
-            if trl and trl["steady_s_per_step"] and row["steady_s_per_step"]
+            peer["steady_s_per_step"] / row["steady_s_per_step"]
+            if peer and peer["steady_s_per_step"] and row["steady_s_per_step"]
             else None
         )
+        spikes = f" (steps {', '.join(map(str, row['spike_steps']))})" if row["spike_steps"] else ""
         cells = (
             row["variant"],
             row["generation"],
+            f"4-bit, {row['dtype']}" if row["load_in_4bit"] else row["dtype"],
+            _fmt(row["vllm_share"], "g") if row["generation"] == "vllm" else "-",
+            _fmt(row["launch_to_first_step_s"], ".1f"),
             _fmt(row["first_step_s"], ".1f"),
             f"{_fmt(row['steady_s_per_step'], '.2f')} (n={row['steady_steps']})",
+            f"{_fmt(row['worst_step_ratio'], '.2f')}x{spikes}",
             _fmt(row["completion_tokens_per_s"], ".0f"),
             _fmt(row["peak_torch_gib"], ".2f"),
             _fmt(row["peak_nvml_gib"], ".2f"),
             f"{_fmt(speedup, '.2f')}x",
         )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_phases(rows: list[dict[str, Any]]) -> str:
+    """The median steady step of each variant split into its phases, in seconds."""
+    lines = [
+        "Where a steady step's time goes (seconds, median over the steady steps)",
+        "",
+        "| variant | " + " | ".join(PHASES) + " | sum | steady s/step |",
+        "|" + " --- |" * (len(PHASES) + 3),
+    ]
+    for row in rows:
+        phases = row.get("phase_seconds")
+        if "error" in row or not phases:
+            continue
+        cells = [row["variant"], *(f"{phases[name]:.3f}" for name in PHASES)]
+        cells += [f"{sum(phases.values()):.2f}", _fmt(row["steady_s_per_step"], ".2f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -382,6 +484,10 @@ def main(argv: list[str] | None = None) -> int:
         "--gpu-memory-limit-gib", type=float, help="cap each variant's GPU memory (torch + vLLM)"
     )
     parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="a config value for every variant, as grpo-bootstrap --set (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
         "--relaunch", action="store_true", help="launch each variant again, warm; print both"
     )
     parser.add_argument(
@@ -389,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--name", help=argparse.SUPPRESS)  # the row: variant[:precision]
+    parser.add_argument("--precision", choices=PRECISIONS, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--relaunch-after", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -397,11 +505,16 @@ def main(argv: list[str] | None = None) -> int:
         args.on_cuda = cuda_available()
         return child(args)
 
+    from bootstrap.errors import ConfigError
+
     if args.steps < 6:
         parser.error("--steps must be at least 6: the first step plus 5 steady ones")
+    try:
+        config_pairs(args.set)
+    except (ValueError, ConfigError) as exc:
+        parser.error(str(exc))
     if args.recipe:
         from bootstrap.config import read_recipe
-        from bootstrap.errors import ConfigError
 
         if args.model is None:
             parser.error("--recipe needs --model: a model directory of that recipe's shape")
@@ -414,13 +527,19 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     available = available_variants(on_cuda)
     wanted = args.backends.split(",") if args.backends else available
-    unknown = [v for v in wanted if v not in VARIANTS]
+    unknown = [
+        v for v in wanted
+        if split_name(v)[0] not in VARIANTS or split_name(v)[1] not in (None, *PRECISIONS)
+    ]  # fmt: skip
     if unknown:
-        parser.error(f"unknown backend(s) {unknown}; choose from {', '.join(VARIANTS)}")
-    skipped = [v for v in wanted if v not in available]
+        parser.error(
+            f"unknown backend(s) {unknown}; choose from {', '.join(VARIANTS)}, each optionally "
+            f"with :{' or :'.join(PRECISIONS)}"
+        )
+    skipped = [v for v in wanted if split_name(v)[0] not in available]
     for variant in skipped:
         print(
-            f"[{variant}] skipped: not available here (needs CUDA + unsloth, and vllm)",
+            f"[{variant}] skipped: not available here (needs CUDA, and unsloth or vllm)",
             file=sys.stderr,
         )
     if len(skipped) == len(wanted):
@@ -435,13 +554,14 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(
                 [*build, "--out", str(args.model), *(["--tiny"] if tiny else [])], check=True
             )
-    rows = [run_variant(variant, args) for variant in wanted if variant in available]
+    rows = [run_variant(variant, args) for variant in wanted if variant not in skipped]
     relaunched = [
         (row, run_variant(row["variant"], args, relaunch_after=args.steps))
         for row in rows
         if args.relaunch and "error" not in row
     ]
     print(render(rows, args, _device_name(on_cuda)))
+    print("\n" + render_phases(rows))
     if relaunched:
         print("\n" + render_relaunch(relaunched))
     rows += [again for _, again in relaunched]
