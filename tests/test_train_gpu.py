@@ -164,6 +164,18 @@ def test_trl_backend_with_bitsandbytes_4bit(tmp_path: Path, random_qwen: Path) -
     check_run(ws, result, "trl", "hf")
 
 
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
+def test_trl_backend_with_vllm_colocate_syncs_weights_every_step(
+    tmp_path: Path, random_qwen: Path
+) -> None:
+    ws = workspace(tmp_path / "ws", random_qwen)
+    result = run_train(ws, backend="trl", vllm="on", load_in_4bit=False, gpu_memory_utilization=0.3)
+    lines = check_run(ws, result, "trl", "vllm")
+    # TRL's colocate engine holds its own copy of the weights: each step pushes the LoRA to it.
+    assert all(line["phase_seconds"]["weight_sync"] > 0 for line in lines)
+    assert all(line["phase_seconds"]["generate"] > 0 for line in lines)
+
+
 def test_unsloth_resume_continues_the_step_count(tmp_path: Path, random_qwen: Path) -> None:
     ws = workspace(tmp_path / "ws", random_qwen)
     run_train(ws, backend="unsloth", vllm="off", max_steps=2, save_steps=2)
