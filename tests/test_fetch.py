@@ -23,6 +23,7 @@ import pytest
 from bootstrap.config import load_config
 from bootstrap.detect import detect
 from bootstrap.errors import ConfigError, EnvironmentUnfit, MirrorsFailed
+from bootstrap.hub import aria2
 from bootstrap.hub.fetch import fetch, read_manifest
 from bootstrap.hub.retry import RetryPolicy
 from bootstrap.planning.plan import build_plan
@@ -638,3 +639,23 @@ def test_a_repository_no_mirror_has_exits_2_naming_its_id_and_revision(
     message = str(caught.value)
     assert caught.value.exit_code == 2 and "not found on any mirror" in message
     assert "nobody/no-such-model@main" in message and "check the model id and revision" in message
+
+
+def test_each_large_file_gets_an_aria2c_of_its_own_and_the_small_ones_share_one() -> None:
+    mib = 1024**2
+    shards = [aria2.Item(url=f"u{i}", path=f"s{i}", size=size * mib)
+              for i, size in enumerate([3786, 2098, 64])]  # fmt: skip
+    small = [aria2.Item(url="c", path="config.json", size=700),
+             aria2.Item(url="t", path="tokenizer.json", size=7 * mib),
+             aria2.Item(url="r", path="README.md")]  # fmt: skip
+    assert [[i.path for i in g] for g in aria2.groups(shards + small)] == [
+        ["s0"],
+        ["s1"],
+        ["s2"],
+        ["config.json", "tokenizer.json", "README.md"],
+    ]
+    # More large files than processes: largest first, each to the process with the fewest bytes.
+    many = [aria2.Item(url=str(n), path=str(n), size=n * 100 * mib) for n in range(1, 8)]
+    buckets = aria2.groups(many, most=3)
+    assert [[int(i.path) for i in g] for g in buckets] == [[7, 2, 1], [6, 3], [5, 4]]
+    assert aria2.groups(small) == [small]

@@ -8,6 +8,9 @@ stopped process or a new run, and retries broken connections itself.
 fetch hands it what it already knows: the files described (paths), each one's final URL (the
 hub's redirect resolved beforehand, so that a token goes to the hub and never to a CDN) and the
 headers for it.  The list goes in on stdin, so no token is ever in a command line or a file.
+Each large file gets an aria2c process of its own: aria2c fsyncs a file it completes from its one
+event loop, and while it does, none of its other downloads moves (on a disk slower than the link,
+half of the uncapped wall time).
 aria2c does not read Retry-After and answers an HTTP error by giving up that file; its log (at
 info level, where aria2c itself masks Authorization and cookies) is parsed as it streams by for
 the status and Retry-After of the failing answer, which the retry policy then honours.
@@ -24,13 +27,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bootstrap.hub.progress import Heartbeat
+from bootstrap.hub.progress import Heartbeat, stop
 from bootstrap.hub.retry import TransferError
 
 ARIA2C = "aria2c"
 CONTROL_SUFFIX = ".aria2"
 MAX_FILES_AT_ONCE = 5  # hfd.sh's default
 MIN_SPLIT = "1M"  # split files from 2 MiB up (aria2c's default, 20M, leaves small shards whole)
+OWN_PROCESS_BYTES = 64 * 1024**2  # a file this large gets an aria2c of its own
 # aria2c's exit statuses that name an HTTP answer (its docs, "EXIT STATUS").
 _EXIT_STATUS = {3: 404, 24: 401, 29: 503}
 _STATUS_LINE = re.compile(r"HTTP/\S+ (\d{3})")
@@ -51,6 +55,7 @@ class Item:
     url: str
     path: str
     headers: tuple[str, ...] = ()
+    size: int | None = None  # bytes, where the listing gave them
 
 
 @dataclass
@@ -124,6 +129,26 @@ def still_to_fetch(dest: Path, paths: Sequence[str], sizes: Sequence[int | None]
     return todo
 
 
+def groups(items: Sequence[Item], most: int = MAX_FILES_AT_ONCE) -> list[list[Item]]:
+    """`items` shared out over at most `most` aria2c processes: each file of OWN_PROCESS_BYTES
+    or more in a process of its own while there are processes left, then, largest first, to
+    the process with the fewest bytes; the small files together, likewise."""
+    large = sorted(
+        (item for item in items if (item.size or 0) >= OWN_PROCESS_BYTES),
+        key=lambda item: -(item.size or 0),
+    )
+    small = [item for item in items if (item.size or 0) < OWN_PROCESS_BYTES]
+    buckets: list[list[Item]] = [[] for _ in range(max(1, min(most, len(large) + bool(small))))]
+    loads = [0] * len(buckets)
+    for item in large:
+        emptiest = loads.index(min(loads))
+        buckets[emptiest].append(item)
+        loads[emptiest] += item.size or 0
+    if small:
+        buckets[loads.index(min(loads))].extend(small)
+    return [bucket for bucket in buckets if bucket]
+
+
 def download(
     aria2c: str,
     items: Sequence[Item],
@@ -132,10 +157,37 @@ def download(
     heartbeat: Heartbeat,
     on_done: Callable[[str], None],
 ) -> None:
-    """Fetch `items` into `dest`, telling `on_done` each file complete (its path under `dest`);
-    TransferError (or Stalled) when a file did not arrive."""
+    """Fetch `items` into `dest` (one aria2c per group, see `groups`), telling `on_done` each
+    file complete (its path under `dest`); TransferError (or Stalled) when a file did not
+    arrive.  A failing process leaves the others to finish their files, which a retry then
+    finds complete."""
     if not items:
         return
+    dest.mkdir(parents=True, exist_ok=True)
+    runs: list[tuple[subprocess.Popen[str], _Log, threading.Thread]] = []
+    try:
+        for group in groups(items):
+            runs.append(_start(aria2c, group, dest, connections, on_done))
+    except OSError:  # aria2c could not start again: none of the ones started is left running
+        for proc, _, _ in runs:
+            stop(proc)
+        raise
+    try:
+        statuses = heartbeat.wait_all(
+            [proc for proc, _, _ in runs], f"aria2c ({len(items)} file(s))"
+        )
+    finally:
+        for _, _, reader in runs:
+            reader.join(timeout=5)
+    for status, (_, aria_log, _) in zip(statuses, runs, strict=True):
+        if status != 0:
+            raise aria_log.error(status)
+
+
+def _start(
+    aria2c: str, items: Sequence[Item], dest: Path, connections: int, on_done: Callable[[str], None]
+) -> tuple[subprocess.Popen[str], _Log, threading.Thread]:
+    """One aria2c fetching `items`, its log read by a thread as it streams."""
     args = [
         aria2c, "--no-conf=true", "--input-file=-", f"--dir={dest}",
         "--continue=true", "--auto-file-renaming=false", "--allow-overwrite=false",
@@ -149,7 +201,6 @@ def download(
         f"--stop-with-process={os.getpid()}",
         "--quiet=true", "--log=-", "--log-level=info",
     ]  # fmt: skip
-    dest.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True,  # no preexec_fn: fetch has threads; --stop-with-process covers our death
@@ -169,9 +220,4 @@ def download(
             proc.stdin.write(_input_list(items))
     except BrokenPipeError:  # aria2c ended at once; its status and log say why
         pass
-    try:
-        status = heartbeat.wait(proc, f"aria2c ({len(items)} file(s))")
-    finally:
-        reader.join(timeout=5)
-    if status != 0:
-        raise aria_log.error(status)
+    return proc, aria_log, reader

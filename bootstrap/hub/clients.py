@@ -159,7 +159,7 @@ class HFClient:
             where = get_hf_file_metadata(url, token=self.token, endpoint=source.endpoint).location
             on_mirror = urlsplit(where).netloc == urlsplit(url).netloc
             auth = (f"Authorization: Bearer {self.token}",) if self.token and on_mirror else ()
-            return aria2.Item(url=where, path=f.path, headers=auth)
+            return aria2.Item(url=where, path=f.path, headers=auth, size=f.size)
 
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="fetch-head") as pool:
             return list(pool.map(locate, files))

@@ -15,7 +15,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from bootstrap.hub.retry import Stalled
@@ -60,19 +60,29 @@ class Heartbeat:
 
     def wait(self, proc: subprocess.Popen, what: str) -> int:
         """`proc`'s exit status; Stalled (after stopping it) once no byte came for stall_s."""
+        return self.wait_all([proc], what)[0]
+
+    def wait_all(self, procs: Sequence[subprocess.Popen], what: str) -> list[int]:
+        """The exit status of each of `procs`, once all have ended; Stalled (after stopping
+        them all) once none of them wrote a byte for stall_s."""
         seen = bytes_on_disk(self.root)
         moved = time.monotonic()
         while True:
+            deadline = time.monotonic() + SAMPLE_S
             try:
-                return proc.wait(timeout=SAMPLE_S)
+                for proc in procs:
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
+            else:
+                return [proc.returncode for proc in procs]
             now = bytes_on_disk(self.root)
             self.on_bytes(now)
             if now > seen:
                 seen, moved = now, time.monotonic()
             elif time.monotonic() - moved >= self.stall_s:
-                stop(proc)
+                for proc in procs:
+                    stop(proc)
                 raise Stalled(f"{what}: no data for {self.stall_s:g} s (fetch_stall_s)")
 
     @contextlib.contextmanager
