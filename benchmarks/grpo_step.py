@@ -160,7 +160,7 @@ def aot_cache_use() -> dict[str, int]:
 
 def child(args: argparse.Namespace) -> int:
     """One variant in this process: build a workspace, train, write the summary JSON."""
-    from bootstrap.config import load_config, read_recipe
+    from bootstrap.config import load_config, parse_set_pairs, read_recipe
     from bootstrap.detect import detect
     from bootstrap.planning.plan import build_plan
     from bootstrap.train.backends import vllm_share
@@ -198,7 +198,7 @@ def child(args: argparse.Namespace) -> int:
     for name in ("gpu_memory_utilization", "gpu_memory_limit_gib"):
         if getattr(args, name) is not None:
             flags[name] = getattr(args, name)
-    flags.update(config_pairs(args.set))
+    flags.update(parse_set_pairs(args.set))
     config = load_config(flags=flags).config
     plan = build_plan(config, detect(config))
     baseline = nvml_used_bytes(0) if on_cuda else None
@@ -243,19 +243,6 @@ def precision_flags(args: argparse.Namespace) -> dict[str, bool]:
     if args.no_4bit:
         return {"load_in_4bit": False}
     return {} if args.profile else {"load_in_4bit": args.on_cuda}
-
-
-def config_pairs(pairs: list[str]) -> dict[str, Any]:
-    """`--set KEY=VALUE` pairs as config flags, parsed as `grpo-bootstrap --set` parses them."""
-    from bootstrap.config import FIELDS, parse_text
-
-    flags: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or key not in FIELDS:
-            raise ValueError(f"--set {pair!r}: expected KEY=VALUE with a config key")
-        flags[key] = parse_text(key, raw)
-    return flags
 
 
 def shape_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -505,13 +492,14 @@ def main(argv: list[str] | None = None) -> int:
         args.on_cuda = cuda_available()
         return child(args)
 
+    from bootstrap.config import parse_set_pairs
     from bootstrap.errors import ConfigError
 
     if args.steps < 6:
         parser.error("--steps must be at least 6: the first step plus 5 steady ones")
     try:
-        config_pairs(args.set)
-    except (ValueError, ConfigError) as exc:
+        parse_set_pairs(args.set)
+    except ConfigError as exc:
         parser.error(str(exc))
     if args.recipe:
         from bootstrap.config import read_recipe

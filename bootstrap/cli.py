@@ -21,15 +21,14 @@ from pydantic import BaseModel
 
 from bootstrap import __version__, render
 from bootstrap.config import (
-    FIELDS,
     ResolvedConfig,
     env_var,
     load_config,
+    parse_set_pairs,
     parse_text,
     recipe_names,
-    unknown_key,
 )
-from bootstrap.errors import BootstrapError, ConfigError, Interrupted, from_os_error
+from bootstrap.errors import BootstrapError, Interrupted, from_os_error
 from bootstrap.launch.signals import Stopped, raise_stopped, stop_signals_to
 from bootstrap.logs import redact, setup_logging
 from bootstrap.planning.profiles import PROFILES
@@ -158,19 +157,6 @@ class _Group(click.Group):
                 raise _failure(exc, ctx.meta.get("command", "grpo-bootstrap"), as_json) from exc
 
 
-def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
-    parsed: dict[str, Any] = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        if key not in FIELDS:
-            raise unknown_key(key, f"--set {item}")
-        parsed[key] = parse_text(key, raw)
-    return parsed
-
-
 def _opt(
     name: str, *decls: str, **kwargs: Any
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -295,7 +281,7 @@ def main(
     app = App(config_file=config_file, as_json=as_json, verbosity=verbosity)
     app.command = ctx.meta.get("command", app.command)
     ctx.obj = app
-    app.flags = _parse_set(settings)
+    app.flags = parse_set_pairs(settings)
     if workspace is not None:
         app.flags["workspace"] = workspace
 

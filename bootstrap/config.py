@@ -13,7 +13,7 @@ plan is built; a value given here always wins over the profile.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -391,6 +391,24 @@ def env_var(name: str) -> str:
 def _dotted(name: str) -> str:
     section = FIELDS[name]
     return f"{section}.{name}" if section else name
+
+
+def parse_set_pairs(values: Iterable[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` pairs as config flags, each value parsed as its field's type.
+
+    Raises:
+        ConfigError: a pair without `=`, or a key no field has.
+    """
+    parsed: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        if key not in FIELDS:
+            raise unknown_key(key, f"--set {item}")
+        parsed[key] = parse_text(key, raw)
+    return parsed
 
 
 def unknown_key(key: str, origin: str) -> ConfigError:

@@ -87,7 +87,8 @@ def test_ratios_are_against_trl_with_vllm_when_it_ran_else_plain_trl() -> None:
     [
         (["--backends", "unsloth-vllm:8bit"], "unknown backend"),
         (["--backends", "tgi"], "unknown backend"),
-        (["--set", "no_such_key=1"], "expected KEY=VALUE with a config key"),
+        (["--set", "no_such_key=1"], "unknown config key 'no_such_key'"),
+        (["--set", "max_steps"], "expected KEY=VALUE"),
         (["--steps", "3"], "at least 6"),
     ],
 )
