@@ -52,8 +52,10 @@ def test_the_clock_keeps_the_first_begin_of_accumulated_micro_steps() -> None:
     clock.mark("pre_optimizer")  # 3.0: the last one counts
     clock.mark("optimizer")  # 4.0
     clock.mark("end")  # 6.0
-    phases = clock.take()
-    assert phases is not None
+    taken = clock.take()
+    assert taken is not None
+    seconds, phases = taken
+    assert seconds == 5.0  # end 6.0 - the first begin 1.0
     assert (phases["generate"], phases["loss_forward"]) == (0.0, 0.5)
     assert (phases["backward"], phases["optimizer"], phases["other"]) == (1.5, 1.0, 2.0)
     assert len(synced) == 5

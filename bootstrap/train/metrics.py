@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -274,9 +273,7 @@ def metrics_callback(path: Path, *, completions_per_step: int, show_progress: bo
             self.path = path
             self.records: list[StepMetrics] = []
             self.clock = PhaseClock()  # trl_timings(clock) feeds it TRL's contexts
-            self._started: float | None = None
-            self._seconds: dict[int, float] = {}
-            self._phases: dict[int, dict[str, float]] = {}
+            self._steps: dict[int, tuple[float, dict[str, float]]] = {}  # seconds, phases
             self._progress: _Progress | None = None
 
         def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
@@ -285,11 +282,9 @@ def metrics_callback(path: Path, *, completions_per_step: int, show_progress: bo
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
         def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-            # Only the first micro-batch starts the clock: with gradient accumulation some
-            # transformers versions call this once per micro-batch, on_step_end once per step.
-            if self._started is None:
-                self.clock.mark("begin")
-                self._started = time.perf_counter()
+            # Only the first micro-batch starts the clock (PhaseClock.mark): with gradient
+            # accumulation some transformers versions call this once per micro-batch.
+            self.clock.mark("begin")
 
         def on_pre_optimizer_step(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
             self.clock.mark("pre_optimizer")
@@ -298,25 +293,23 @@ def metrics_callback(path: Path, *, completions_per_step: int, show_progress: bo
             self.clock.mark("optimizer")
 
         def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-            if self._started is not None:
-                self.clock.mark("end")
-                self._seconds[state.global_step] = time.perf_counter() - self._started
-                self._started = None
-                phases = self.clock.take()
-                if phases is not None:
-                    self._phases[state.global_step] = phases
+            self.clock.mark("end")
+            step = self.clock.take()
+            if step is not None:
+                self._steps[state.global_step] = step
 
         def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
             # The summary log at the end of train() carries no reward: it is not a step.
             if not logs or "reward" not in logs or not state.is_world_process_zero:
                 return
+            seconds, phases = self._steps.pop(state.global_step, (None, None))
             record = step_metrics(
                 logs,
                 step=state.global_step,
-                step_seconds=self._seconds.pop(state.global_step, None),
+                step_seconds=seconds,
                 completions_per_step=completions_per_step,
                 gpu=gpu_memory(),
-                phases=self._phases.pop(state.global_step, None),
+                phases=phases,
             )
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(record.to_json_line() + "\n")

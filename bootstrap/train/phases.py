@@ -81,13 +81,14 @@ class PhaseClock:
         if "begin" in self._marks:  # contexts outside a step (before the first) are no phase
             self._timed[context.split(".", 1)[-1]] += seconds
 
-    def take(self) -> dict[str, float] | None:
-        """The step's phases (see split_step), and a fresh clock for the next step."""
+    def take(self) -> tuple[float, dict[str, float]] | None:
+        """(the step's wall seconds, its phases: see split_step), or None for a step whose
+        begin was not seen; the clock is fresh for the next step either way."""
         marks, timed = self._marks, dict(self._timed)
         self._marks, self._timed = {}, defaultdict(float)
         if "begin" not in marks or "end" not in marks:
             return None
-        return split_step(marks, timed)
+        return marks["end"] - marks["begin"], split_step(marks, timed)
 
 
 def split_step(marks: Mapping[str, float], timed: Mapping[str, float]) -> dict[str, float]:
