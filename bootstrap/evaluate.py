@@ -299,6 +299,59 @@ EVAL_VLLM_SHARE = 0.85
 EVAL_PROMPT_TOKENS = 1024
 
 
+# vLLM serves only these LoRA ranks (vllm.config.lora.MaxLoRARanks, 0.24); max_lora_rank is a
+# bound, so the smallest one at or above the adapter's serves it.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# Sequences generated at once: vLLM's own default, set here because the CUDA graphs are sized
+# from it.
+EVAL_MAX_SEQS = 256
+
+
+def lora_rank_bound(rank: int) -> int:
+    """The max_lora_rank vLLM accepts that serves an adapter of `rank`."""
+    if rank > VLLM_LORA_RANKS[-1]:
+        raise ValueError(f"vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}, not {rank}")
+    return next(bound for bound in VLLM_LORA_RANKS if bound >= rank)
+
+
+def capture_sizes(max_seqs: int) -> list[int]:
+    """Batch sizes to capture CUDA graphs for: powers of two up to `max_seqs`, and `max_seqs`.
+
+    vLLM's default captures 67 sizes up to 512 sequences, each twice (a full graph for decode,
+    a piecewise one for prefill) and twice again with LoRA enabled: most of an evaluation
+    engine's start.  A batch runs in the graph of the next size up, and decoding a few billion
+    parameters is bound by reading the weights, so the padding costs little.
+    """
+    sizes = [1 << i for i in range(max_seqs.bit_length()) if 1 << i < max_seqs]
+    return [*sizes, max_seqs]
+
+
+def engine_arguments(
+    base: Path, plan: Plan, *, max_new_tokens: int, adapter_rank: int | None = None
+) -> dict[str, object]:
+    """vLLM's LLM(...) arguments for an evaluation, the same for the base and the trained model.
+
+    `run` evaluates the base model and the trained one in two processes, each with its engine.
+    vLLM keys its compile cache (<workspace>/cache/vllm) on the engine's configuration, LoRA
+    settings included, so both engines enable LoRA with the rank training uses: the second one
+    then loads what the first compiled instead of compiling again.  An adapter of a higher rank
+    than the plan's (trained under another config) raises the bound, at the price of a compile.
+    """
+    training = plan.training or plan.config.train
+    rank = max(training.lora_rank or 16, adapter_rank or 0)
+    return {
+        "model": str(base),
+        "dtype": vllm_dtype(training.dtype),
+        "gpu_memory_utilization": vllm_memory_utilization(training, EVAL_VLLM_SHARE),
+        "max_model_len": min(EVAL_PROMPT_TOKENS + max_new_tokens, _context_length(base)),
+        "max_num_seqs": EVAL_MAX_SEQS,
+        "enable_lora": True,
+        "max_lora_rank": lora_rank_bound(rank),
+        "compilation_config": {"cudagraph_capture_sizes": capture_sizes(EVAL_MAX_SEQS)},
+        "seed": plan.config.train.seed,
+    }
+
+
 class VLLMEngine:
     """vLLM offline generation (CUDA), the LoRA served through a LoRARequest."""
 
@@ -310,18 +363,14 @@ class VLLMEngine:
         from vllm import LLM, SamplingParams
         from vllm.lora.request import LoRARequest
 
-        training = plan.training or plan.config.train
-        lora_rank = _adapter_rank(adapter) if adapter is not None else None
+        arguments = engine_arguments(
+            base,
+            plan,
+            max_new_tokens=max_new_tokens,
+            adapter_rank=_adapter_rank(adapter) if adapter is not None else None,
+        )
         with C.scoped_environment(sampler_environment()):  # read while the engine starts
-            self.llm = LLM(
-                model=str(base),
-                dtype=vllm_dtype(training.dtype),
-                gpu_memory_utilization=vllm_memory_utilization(training, EVAL_VLLM_SHARE),
-                max_model_len=min(EVAL_PROMPT_TOKENS + max_new_tokens, _context_length(base)),
-                enable_lora=adapter is not None,
-                max_lora_rank=lora_rank or 16,
-                seed=plan.config.train.seed,
-            )
+            self.llm = LLM(**arguments)
         self.tokenizer = self.llm.get_tokenizer()
         self.sampling = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
         self.lora = LoRARequest("trained", 1, str(adapter)) if adapter is not None else None

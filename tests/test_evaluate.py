@@ -14,7 +14,16 @@ import pytest
 from bootstrap.config import load_config
 from bootstrap.detect import detect
 from bootstrap.errors import ConfigError
-from bootstrap.evaluate import EvalReport, HFEngine, Messages, evaluate, run_eval
+from bootstrap.evaluate import (
+    EvalReport,
+    HFEngine,
+    Messages,
+    capture_sizes,
+    engine_arguments,
+    evaluate,
+    lora_rank_bound,
+    run_eval,
+)
 from bootstrap.planning.plan import Plan, build_plan
 from bootstrap.task.prompts import SYSTEM_PROMPT, build_prompt
 from bootstrap.train.metrics import StepMetrics
@@ -284,6 +293,68 @@ def test_vllm_engine_evaluates_base_and_lora_on_the_3b_architecture(tmp_path: Pa
         b.completion != t.completion for b, t in zip(base, trained, strict=True)
     )  # the LoRA is applied
     assert (ws.report / "report.md").is_file()
+
+
+def write_model_config(model: Path, context: int = 32768) -> Path:
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"max_position_embeddings": context}))
+    return model
+
+
+def test_the_base_and_the_trained_evaluation_configure_one_engine(tmp_path: Path) -> None:
+    # vLLM keys its compile cache on the engine's configuration: the evaluation after training
+    # loads what the one before it compiled only if the two ask for the same engine.
+    model = write_model_config(tmp_path / "model")
+    plan = make_plan(Workspace(tmp_path / "ws"), lora_rank=24)
+    before = engine_arguments(model, plan, max_new_tokens=512)
+    after = engine_arguments(model, plan, max_new_tokens=512, adapter_rank=24)
+    assert before == after
+    assert (before["enable_lora"], before["max_lora_rank"]) == (True, 32)  # 24 is no vLLM rank
+    assert before["max_model_len"] == 1024 + 512
+    assert before["compilation_config"] == {"cudagraph_capture_sizes": capture_sizes(256)}
+    # An adapter trained at a higher rank than the plan's still loads.
+    assert (
+        engine_arguments(model, plan, max_new_tokens=512, adapter_rank=100)["max_lora_rank"] == 128
+    )
+    small = engine_arguments(write_model_config(tmp_path / "small", 600), plan, max_new_tokens=512)
+    assert small["max_model_len"] == 600
+
+
+def test_lora_ranks_and_capture_sizes_follow_vllms_rules() -> None:
+    assert [lora_rank_bound(r) for r in (1, 2, 16, 17, 64, 300, 512)] == [
+        1,
+        8,
+        16,
+        32,
+        64,
+        320,
+        512,
+    ]
+    with pytest.raises(ValueError, match="up to 512"):
+        lora_rank_bound(513)
+    assert capture_sizes(256) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert capture_sizes(24) == [1, 2, 4, 8, 16, 24]
+    assert capture_sizes(1) == [1]
+
+
+@pytest.mark.gpu
+def test_vllm_gives_both_evaluation_engines_one_compile_cache_key(tmp_path: Path) -> None:
+    pytest.importorskip("vllm")
+    from vllm.config import CompilationConfig
+    from vllm.engine.arg_utils import EngineArgs
+
+    from bootstrap.demo.assets import build_tiny_qwen2
+
+    model = build_tiny_qwen2(tmp_path / "tiny")
+    plan = make_plan(Workspace(tmp_path / "ws"), lora_rank=16)
+
+    def key(**change: object) -> str:
+        arguments = {**engine_arguments(model, plan, max_new_tokens=64), **change}
+        arguments["compilation_config"] = CompilationConfig(**arguments["compilation_config"])
+        return EngineArgs(**arguments).create_engine_config().compute_hash()
+
+    assert key() == key(max_lora_rank=16)
+    assert key() != key(enable_lora=False)  # the key does see LoRA: the old base engine's
 
 
 def test_without_flashinfer_vllm_is_told_to_sample_with_pytorch(monkeypatch) -> None:
