@@ -121,6 +121,12 @@ def vllm_memory_utilization(settings: TrainConfig, share: float | None = None) -
     return (share or vllm_share(settings)) * _card_fraction(settings.gpu_memory_limit_gib)
 
 
+def generation_batch(settings: TrainConfig) -> int:
+    """Completions one process generates at a time: TRL's generation_batch_size per process
+    (per-device batch x steps_per_generation, which defaults to the accumulation steps)."""
+    return (settings.per_device_train_batch_size or 1) * (settings.gradient_accumulation_steps or 1)
+
+
 class Backend(ABC):
     """Loads the model with its LoRA, supplies the GRPO trainer class, saves and samples.
 
@@ -280,6 +286,11 @@ class UnslothBackend(Backend):
 
         s = self.settings
         use_vllm = self.generation == "vllm"
+        # One generation is the step's completions.  Unsloth otherwise lets vLLM run 128-256
+        # sequences at once (chosen from free memory), and vLLM captures CUDA graphs for every
+        # batch up to twice that: launch time spent on batches no step runs.  TRL's colocate
+        # mode bounds its engine the same way.
+        engine = {"max_num_seqs": generation_batch(s)} if use_vllm else {}
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=str(self.model_dir),
             max_seq_length=s.max_seq_length,
@@ -289,6 +300,7 @@ class UnslothBackend(Backend):
             max_lora_rank=s.lora_rank,
             gpu_memory_utilization=vllm_memory_utilization(s),
             random_state=s.seed,
+            **engine,
         )
         model = FastLanguageModel.get_peft_model(
             model,
