@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -127,3 +131,19 @@ def _restore_logging() -> Iterator[None]:
     """Don't let the CLI's stderr handler leak into later tests."""
     with logging_kept():
         yield
+
+
+@pytest.fixture(scope="session")
+def random_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen2.5-3B's architecture with random weights (the GPU tests' model: no Qwen weights reach
+    the GPU machine), built on the GPU by its own process so that pytest holds no GPU memory while
+    the stages run; RANDOM_QWEN_DIR names one the GPU session built already."""
+    prebuilt = os.environ.get("RANDOM_QWEN_DIR")
+    if prebuilt:
+        return Path(prebuilt)
+    dest = tmp_path_factory.mktemp("models") / "random-qwen2.5-3b"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "random_qwen.py"
+    subprocess.run(
+        [sys.executable, str(script), "--out", str(dest), "--device", "cuda"], check=True
+    )
+    return dest

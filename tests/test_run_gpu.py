@@ -31,19 +31,6 @@ STAGES = ["fetch", "eval_base", "train", "eval", "export"]
 _ELSEWHERE = {*CACHE_DIRS, "HF_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "MODELSCOPE_CACHE"}
 
 
-@pytest.fixture(scope="module")
-def random_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    prebuilt = os.environ.get("RANDOM_QWEN_DIR")  # one the GPU session built already
-    if prebuilt:
-        return Path(prebuilt)
-    dest = tmp_path_factory.mktemp("models") / "random-qwen2.5-3b"
-    script = REPO_ROOT / "benchmarks" / "random_qwen.py"
-    subprocess.run(
-        [sys.executable, str(script), "--out", str(dest), "--device", "cuda"], check=True
-    )
-    return dest
-
-
 def _formats() -> str:
     gguf = importlib.util.find_spec("llama_cpp") is not None  # the GGUF tools travel separately
     return "lora,merged16,merged4" + (",gguf-q4_k_m" if gguf else "")

@@ -36,18 +36,6 @@ GENERATIONS = 8
 REWARDS = ("xmlcount", "soft_format", "strict_format", "integer_answer", "correctness")
 
 
-@pytest.fixture(scope="module")
-def random_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Qwen2.5-3B's architecture with random weights, built on the GPU by its own process (so
-    pytest holds no GPU memory while the training processes run)."""
-    dest = tmp_path_factory.mktemp("models") / "random-qwen2.5-3b"
-    script = REPO_ROOT / "benchmarks" / "random_qwen.py"
-    subprocess.run(
-        [sys.executable, str(script), "--out", str(dest), "--device", "cuda"], check=True
-    )
-    return dest
-
-
 def workspace(root: Path, model: Path) -> Workspace:
     ws = Workspace(root)
     ws.model_dir(MODEL_ID).parent.mkdir(parents=True)
