@@ -2,10 +2,10 @@
 
 The GPU machine cannot download Qwen (../shared/GPU.md), and timings and memory depend on the
 architecture, not on the weights: hidden 2048, intermediate 11008, 36 layers, 16 heads, 2 KV
-heads, vocabulary 151936, tied embeddings.  The tokenizer is a byte-level BPE trained here with
-`tokenizers` on GSM8K-shaped text and the recipe's XML tags, its vocabulary padded with
-unreachable filler tokens to the model's 151936 so every id the model samples decodes (vLLM
-detokenises every sampled id).  Random weights never emit EOS: completions run to max length.
+heads, vocabulary 151936, tied embeddings.  The tokenizer is the demo model's byte-level BPE
+(bootstrap/demo/assets.py: Qwen2's pre-tokenizer, so llama.cpp's GGUF converter takes it as
+Qwen2's), its vocabulary padded with unreachable filler tokens to the model's 151936 so every
+id the model samples decodes (vLLM detokenises every sampled id).  Random weights never emit EOS: completions run to max length.
 
     python benchmarks/random_qwen.py --out /tmp/qwen2.5-3b-random            # the real sizes
     python benchmarks/random_qwen.py --out /tmp/tiny --tiny                  # a CPU-sized one
@@ -22,7 +22,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,64 +67,24 @@ TINY: dict[str, Any] = {
     "vocab_size": 8192,
 }
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-# Qwen2.5's chat layout: <|im_start|>role\ncontent<|im_end|>\n, generation prompt for the assistant.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-TRAINED_VOCAB = 4096
 
-
-def _corpus() -> list[str]:
-    """GSM8K-shaped questions and answers plus the recipe's format, for the BPE merges."""
+def build_tokenizer(dest: Path, vocab_size: int) -> PreTrainedTokenizerBase:
+    """The demo model's tokenizer (Qwen2's pre-tokenizer, merges learnt on GSM8K-shaped text),
+    its vocabulary padded to `vocab_size` with filler entries that no encoding produces: vLLM
+    detokenises every id a random model samples."""
     sys.path.insert(0, str(REPO_ROOT))
-    from bootstrap.task.prompts import SYSTEM_PROMPT
-    from tests.fakes.assets import gsm8k_rows
+    from transformers import AutoTokenizer
 
-    rows = gsm8k_rows(2000, seed=11)
-    texts = [SYSTEM_PROMPT, "<reasoning>\nstep by step\n</reasoning>\n<answer>\n42\n</answer>"]
-    texts += [row["question"] + "\n" + row["answer"] for row in rows]
-    return texts
+    from bootstrap.demo.assets import build_tokenizer as train_tokenizer
 
-
-def build_tokenizer(dest: Path, vocab_size: int) -> Any:
-    """Train a byte-level BPE, pad its vocabulary to `vocab_size`, save it as an HF tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=min(TRAINED_VOCAB, vocab_size),
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_corpus(), trainer)
-    # Filler entries without merges: never produced by encoding, but every id decodes.
-    spec = json.loads(tokenizer.to_str())
+    train_tokenizer(dest)
+    path = dest / "tokenizer.json"
+    spec = json.loads(path.read_text(encoding="utf-8"))
     vocab: dict[str, int] = spec["model"]["vocab"]
-    next_id = max(vocab.values()) + 1
-    while next_id < vocab_size:
-        vocab[f"fill{next_id}"] = next_id
-        next_id += 1
-    tokenizer = Tokenizer.from_str(json.dumps(spec))
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        bos_token=None,
-        unk_token=None,
-        chat_template=CHAT_TEMPLATE,
-        model_max_length=32768,
-    )
-    wrapped.padding_side = "left"
-    wrapped.save_pretrained(str(dest))
-    return wrapped
+    taken = {*vocab.values(), *(token["id"] for token in spec["added_tokens"])}
+    vocab.update({f"fill{i}": i for i in range(max(taken) + 1, vocab_size)})
+    path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    return AutoTokenizer.from_pretrained(str(dest))
 
 
 def build_model(

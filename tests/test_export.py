@@ -303,6 +303,21 @@ def test_without_the_converter_gguf_export_refuses_before_any_work(
     assert (ws.exports / "manifest.json").read_bytes() == before
 
 
+def test_the_gpu_benchmarks_random_model_converts_to_gguf(tmp_path: Path) -> None:
+    # The GPU runs export a GGUF of benchmarks/random_qwen.py's model: llama.cpp refuses a
+    # tokenizer whose pre-tokenizer it does not recognise, which a freshly trained one is not.
+    import subprocess
+
+    model = tmp_path / "random-qwen"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "random_qwen.py"
+    subprocess.run(
+        [sys.executable, str(script), "--out", str(model), "--tiny", "--device", "cpu"], check=True
+    )
+    f16 = gguf.convert_f16(model, tmp_path / "model.gguf")
+    llm = load_gguf(f16)
+    assert llm.n_vocab() == json.loads((model / "config.json").read_text())["vocab_size"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_merged4_on_a_machine_without_cuda_is_refused(exported) -> None:
     plan, ws, _ = exported
