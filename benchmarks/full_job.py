@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from bootstrap.demo.assets import write_gsm8k  # noqa: E402
 from bootstrap.demo.hub import LocalHub  # noqa: E402
 from bootstrap.launch.environment import child_environment  # noqa: E402
+from bootstrap.pipeline.stages import STAGES  # noqa: E402
 
 MODEL_ID = "Qwen/Qwen2.5-3B-Instruct"
 DATASET_ID = "openai/gsm8k"
@@ -101,6 +102,8 @@ def run_job(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         )
         wall = time.monotonic() - started
     summary = json.loads(done.stdout) if done.stdout.strip() else {}
+    # A failed run's summary names no stages; state.json still has those that finished.
+    stages = summary.get("stages") or _finished_stages(workspace / "state.json")
     training = json.loads(plan.stdout).get("training") or {}
     steps = _step_seconds(workspace / "metrics.jsonl")
     profile = (json.loads(plan.stdout).get("profile") or {}).get("profile", {}).get("name")
@@ -122,11 +125,23 @@ def run_job(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         "gpu": _gpu_name(),
         "versions": versions(),
         "summary": summary,
+        "stages": [{k: stage[k] for k in ("name", "status", "seconds")} for stage in stages],
         "step_seconds": steps,
         "cwd_left": sorted(
             p.name for p in scratch.iterdir() if p.name not in ("gsm8k", "workspace")
         ),
     }
+
+
+def _finished_stages(state: Path) -> list[dict[str, Any]]:
+    if not state.is_file():
+        return []
+    recorded = json.loads(state.read_text()).get("stages", {})
+    return [
+        {"name": stage.name, "status": "ran", "seconds": recorded[stage.name]["seconds"]}
+        for stage in STAGES
+        if stage.name in recorded
+    ]
 
 
 def _step_seconds(metrics: Path) -> list[float]:
@@ -140,7 +155,7 @@ def projection(result: dict[str, Any], steps: int = 250) -> str | None:
     """The training stage at `steps` steps, from a shorter run: its time plus the remaining steps
     at the median pace after the first (which holds the compilation)."""
     timed = result.get("step_seconds") or []
-    stages = {s["name"]: s for s in (result.get("summary") or {}).get("stages", [])}
+    stages = {s["name"]: s for s in result.get("stages", [])}
     if len(timed) < 2 or len(timed) >= steps or "train" not in stages:
         return None
     pace = statistics.median(timed[1:])
@@ -170,11 +185,13 @@ def render(result: dict[str, Any]) -> str:
         "| stage | status | seconds |",
         "| --- | --- | --- |",
     ]
-    for stage in (result.get("summary") or {}).get("stages", []):
+    for stage in result.get("stages", []):
         lines.append(f"| {stage['name']} | {stage['status']} | {stage['seconds']:.1f} |")
     lines.append(f"| whole `run` (process start to exit) | exit {result['exit_code']} | "
                  f"{result.get('wall_s', 0):.1f} |")  # fmt: skip
     summary = result.get("summary") or {}
+    if summary.get("error"):
+        lines.append(f"error: {summary['error'].splitlines()[0]}")
     lines.append(f"accuracy before / after: {summary.get('accuracy_before')} / "
                  f"{summary.get('accuracy_after')}")  # fmt: skip
     lines.append(f"files left in the working directory: {result.get('cwd_left') or 'none'}")
