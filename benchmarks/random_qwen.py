@@ -5,7 +5,8 @@ architecture, not on the weights: hidden 2048, intermediate 11008, 36 layers, 16
 heads, vocabulary 151936, tied embeddings.  The tokenizer is the demo model's byte-level BPE
 (bootstrap/demo/assets.py: Qwen2's pre-tokenizer, so llama.cpp's GGUF converter takes it as
 Qwen2's), its vocabulary padded with unreachable filler tokens to the model's 151936 so every
-id the model samples decodes (vLLM detokenises every sampled id).  Random weights never emit EOS: completions run to max length.
+id the model samples decodes (vLLM detokenises every sampled id).  Random weights never emit
+EOS: completions run to max length.
 
     python benchmarks/random_qwen.py --out /tmp/qwen2.5-3b-random            # the real sizes
     python benchmarks/random_qwen.py --out /tmp/tiny --tiny                  # a CPU-sized one

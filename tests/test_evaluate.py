@@ -269,21 +269,17 @@ def test_hf_engine_on_cuda_end_to_end(tmp_path: Path) -> None:
 
 
 @pytest.mark.gpu
-def test_vllm_engine_evaluates_base_and_lora_on_the_3b_architecture(tmp_path: Path) -> None:
-    # The GPU machine has no SmolLM2: Qwen2.5-3B's architecture with random weights, built on
-    # the GPU by its own process, and a random LoRA strong enough to change greedy answers.
+def test_vllm_engine_evaluates_base_and_lora_on_the_3b_architecture(
+    tmp_path: Path, random_qwen: Path
+) -> None:
+    # The GPU machine has no SmolLM2: Qwen2.5-3B's architecture with random weights, and a
+    # random LoRA strong enough to change greedy answers.
     pytest.importorskip("vllm")
-    import subprocess
-    import sys
-
     from bootstrap.evaluate import VLLMEngine
 
-    model = tmp_path / "random-qwen2.5-3b"
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "random_qwen.py"
-    subprocess.run(
-        [sys.executable, str(script), "--out", str(model), "--device", "cuda"], check=True
+    plan, ws = make_lora_workspace(
+        tmp_path / "ws", random_qwen, lora_alpha=64, eval_max_new_tokens=16
     )
-    plan, ws = make_lora_workspace(tmp_path / "ws", model, lora_alpha=64, eval_max_new_tokens=16)
     put_test_split(ws, rows=4)
     engine = VLLMEngine(ws.model_dir(SMOLLM2_ID), ws.lora, plan=plan, max_new_tokens=16)
     report = run_eval(plan, ws, lambda: engine, show_progress=False)
