@@ -279,19 +279,15 @@ def test_run_demo_exits_0_and_a_second_run_skips_every_stage(
     print(f"\nrun --demo in the container: exit 0 in {took:.0f} s; again: every stage skipped")
 
 
+def _in_volume(engine: Engine, image: str, volume: str, program: str, *args: str) -> str:
+    """stdout of `program args` run in a throwaway container of the image over the volume."""
+    mount = f"{volume}:/workspace"
+    run = ["run", "--rm", "--network", "none", "-v", mount, "--entrypoint", program, image]
+    return engine(*run, *args).stdout
+
+
 def _metric_steps(engine: Engine, image: str, volume: str) -> list[int]:
-    text = engine(
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        f"{volume}:/workspace",
-        "--entrypoint",
-        "cat",
-        image,
-        "/workspace/job/metrics.jsonl",
-    ).stdout
+    text = _in_volume(engine, image, volume, "cat", "/workspace/job/metrics.jsonl")
     return [json.loads(line)["step"] for line in text.splitlines() if line.strip()]
 
 
@@ -325,18 +321,7 @@ def test_docker_stop_in_training_exits_130_with_a_checkpoint_and_the_next_run_re
     finally:
         engine("rm", "-f", name, check=False)
     assert exit_code == 130, logs[-3000:]
-    listing = engine(
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        f"{volume}:/workspace",
-        "--entrypoint",
-        "ls",
-        image,
-        "/workspace/job/checkpoints",
-    ).stdout.split()
+    listing = _in_volume(engine, image, volume, "ls", "/workspace/job/checkpoints").split()
     [checkpoint] = [c for c in listing if c.startswith("checkpoint-")]
     step = int(checkpoint.split("-")[1])
     assert 3 <= step < DEMO_STEPS
