@@ -32,6 +32,13 @@ def vllm_dtype(precision: Precision | None) -> str:
     return _NAMES[precision][1] if precision else "auto"
 
 
+def vllm_lora_dtype(precision: Precision | None) -> str:
+    """vLLM's dtype for an engine that serves a LoRA.  Its LoRA kernels take fp16 and bf16 only,
+    so fp32 becomes "auto": vLLM then runs the checkpoint in its own half precision (a float32
+    one in half), as Unsloth's engine does when training is asked for fp32."""
+    return "auto" if precision == "fp32" else vllm_dtype(precision)
+
+
 def accelerate_mixed_precision(precision: Precision | None) -> str:
     """accelerate's mixed_precision: "no" for fp32 and when nothing was chosen."""
     return _NAMES[precision][2] if precision else "no"

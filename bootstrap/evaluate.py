@@ -32,7 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from bootstrap import constants as C
 from bootstrap.caches import workspace_caches
-from bootstrap.dtypes import Precision, torch_dtype, vllm_dtype
+from bootstrap.dtypes import Precision, torch_dtype, vllm_lora_dtype
 from bootstrap.model_inputs import adapter_dir, base_model_dir, recipe_system_prompt
 from bootstrap.planning.plan import Plan
 from bootstrap.task.answers import (
@@ -341,7 +341,7 @@ def engine_arguments(
     rank = max(training.lora_rank or 16, adapter_rank or 0)
     return {
         "model": str(base),
-        "dtype": vllm_dtype(training.dtype),
+        "dtype": vllm_lora_dtype(training.dtype),
         "gpu_memory_utilization": vllm_memory_utilization(training, EVAL_VLLM_SHARE),
         "max_model_len": min(EVAL_PROMPT_TOKENS + max_new_tokens, _context_length(base)),
         "max_num_seqs": EVAL_MAX_SEQS,

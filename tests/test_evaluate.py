@@ -316,6 +316,19 @@ def test_the_base_and_the_trained_evaluation_configure_one_engine(tmp_path: Path
     assert small["max_model_len"] == 600
 
 
+@pytest.mark.parametrize(
+    ("dtype", "expected"), [("fp32", "auto"), ("bf16", "bfloat16"), ("fp16", "float16")]
+)
+def test_the_evaluation_engine_runs_in_a_precision_vllms_lora_kernels_take(
+    tmp_path: Path, dtype: str, expected: str
+) -> None:
+    # vLLM's LoRA kernels assert fp16/bf16 inputs (the 3B GPU test's engine died on an fp32
+    # plan); "auto" lets vLLM run the checkpoint in half precision.
+    model = write_model_config(tmp_path / "model")
+    plan = make_plan(Workspace(tmp_path / "ws"), dtype=dtype)
+    assert engine_arguments(model, plan, max_new_tokens=16)["dtype"] == expected
+
+
 def test_lora_ranks_and_capture_sizes_follow_vllms_rules() -> None:
     assert [lora_rank_bound(r) for r in (1, 2, 16, 17, 64, 300, 512)] == [
         1,
