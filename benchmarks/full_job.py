@@ -20,6 +20,7 @@ and writes the same as JSON with --json-out.  Exits with `run`'s exit code.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import json
 import statistics
@@ -27,8 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -43,8 +44,36 @@ DATASET_ID = "openai/gsm8k"
 TRAIN_ROWS, TEST_ROWS = 7473, 1319  # GSM8K's published sizes, which fetch checks for this id
 SMALL_DATASET_ID = "benchmarks/gsm8k-shaped"  # other row counts: an id fetch checks no counts of
 VERSIONS = ("torch", "vllm", "unsloth", "trl", "transformers", "peft", "bitsandbytes")
+# The plan's training settings the table names.
+SETTINGS = ("max_steps", "num_generations", "max_completion_length", "load_in_4bit",
+            "gpu_memory_limit_gib")  # fmt: skip
 # Telemetry off, as GPU.md asks; none of it could leave the GPU machine anyway.
 QUIET_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+@dataclass
+class StageTime:
+    name: str
+    status: str
+    seconds: float
+
+
+@dataclass
+class JobResult:
+    """One `run`, as --json-out writes it (tests/test_run_gpu.py reads these keys)."""
+
+    exit_code: int
+    error: str | None = None  # why there was no `run` to time
+    wall_s: float = 0.0
+    profile: str | None = None
+    generation: str | None = None
+    settings: dict[str, object] = field(default_factory=dict)  # the plan's, by key
+    gpu: str = "no GPU"
+    versions: dict[str, str] = field(default_factory=dict)
+    summary: dict[str, object] = field(default_factory=dict)  # `run --json` as it printed it
+    stages: list[StageTime] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    cwd_left: list[str] = field(default_factory=list)
 
 
 def versions() -> dict[str, str]:
@@ -79,7 +108,7 @@ def cli(
     return command + (["--set", f"profile={profile}"] if profile else [])
 
 
-def run_job(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+def run_job(args: argparse.Namespace, scratch: Path) -> JobResult:
     dataset = scratch / "gsm8k"
     write_gsm8k(dataset, train_rows=args.train_rows, test_rows=args.test_rows, seed=0)
     workspace = args.workspace or scratch / "workspace"
@@ -94,7 +123,7 @@ def run_job(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         plan = subprocess.run([*base, "plan"], env=env, capture_output=True, text=True, check=False)
         if plan.returncode != 0:
             sys.stderr.write(plan.stdout + plan.stderr)
-            return {"exit_code": plan.returncode, "error": "plan failed"}
+            return JobResult(exit_code=plan.returncode, error="plan failed")
         started = time.monotonic()
         # stderr (stage lines, progress, the children's logs) passes through to ours.
         done = subprocess.run(
@@ -102,43 +131,34 @@ def run_job(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         )
         wall = time.monotonic() - started
     summary = json.loads(done.stdout) if done.stdout.strip() else {}
+    planned = json.loads(plan.stdout)
+    training = planned.get("training") or {}
     # A failed run's summary names no stages; state.json still has those that finished.
-    stages = summary.get("stages") or _finished_stages(workspace / "state.json")
-    training = json.loads(plan.stdout).get("training") or {}
-    steps = _step_seconds(workspace / "metrics.jsonl")
-    profile = (json.loads(plan.stdout).get("profile") or {}).get("profile", {}).get("name")
-    return {
-        "exit_code": done.returncode,
-        "wall_s": round(wall, 1),
-        "profile": profile,
-        "generation": json.loads(plan.stdout)["backend"]["generation"],
-        "settings": {
-            k: training.get(k)
-            for k in (
-                "max_steps",
-                "num_generations",
-                "max_completion_length",
-                "load_in_4bit",
-                "gpu_memory_limit_gib",
-            )
-        },
-        "gpu": _gpu_name(),
-        "versions": versions(),
-        "summary": summary,
-        "stages": [{k: stage[k] for k in ("name", "status", "seconds")} for stage in stages],
-        "step_seconds": steps,
-        "cwd_left": sorted(
-            p.name for p in scratch.iterdir() if p.name not in ("gsm8k", "workspace")
-        ),
-    }
+    stages = [
+        StageTime(stage["name"], stage["status"], stage["seconds"])
+        for stage in summary.get("stages") or []
+    ] or _finished_stages(workspace / "state.json")
+    return JobResult(
+        exit_code=done.returncode,
+        wall_s=round(wall, 1),
+        profile=(planned.get("profile") or {}).get("profile", {}).get("name"),
+        generation=planned["backend"]["generation"],
+        settings={key: training.get(key) for key in SETTINGS},
+        gpu=_gpu_name(),
+        versions=versions(),
+        summary=summary,
+        stages=stages,
+        step_seconds=_step_seconds(workspace / "metrics.jsonl"),
+        cwd_left=sorted(p.name for p in scratch.iterdir() if p.name not in ("gsm8k", "workspace")),
+    )
 
 
-def _finished_stages(state: Path) -> list[dict[str, Any]]:
+def _finished_stages(state: Path) -> list[StageTime]:
     if not state.is_file():
         return []
     recorded = json.loads(state.read_text()).get("stages", {})
     return [
-        {"name": stage.name, "status": "ran", "seconds": recorded[stage.name]["seconds"]}
+        StageTime(stage.name, "ran", recorded[stage.name]["seconds"])
         for stage in STAGES
         if stage.name in recorded
     ]
@@ -151,16 +171,16 @@ def _step_seconds(metrics: Path) -> list[float]:
     return [round(line["step_seconds"], 2) for line in lines if "step_seconds" in line]
 
 
-def projection(result: dict[str, Any], steps: int = 250) -> str | None:
+def projection(result: JobResult, steps: int = 250) -> str | None:
     """The training stage at `steps` steps, from a shorter run: its time plus the remaining steps
     at the median pace after the first (which holds the compilation)."""
-    timed = result.get("step_seconds") or []
-    stages = {s["name"]: s for s in result.get("stages", [])}
+    timed = result.step_seconds
+    stages = {stage.name: stage.seconds for stage in result.stages}
     if len(timed) < 2 or len(timed) >= steps or "train" not in stages:
         return None
     pace = statistics.median(timed[1:])
-    train = stages["train"]["seconds"] + (steps - len(timed)) * pace
-    other = sum(s["seconds"] for name, s in stages.items() if name != "train")
+    train = stages["train"] + (steps - len(timed)) * pace
+    other = sum(seconds for name, seconds in stages.items() if name != "train")
     return (f"at {steps} steps (measured {len(timed)}, median {pace:.2f} s/step after the first): "
             f"train {train:.0f} s, whole job {other + train:.0f} s")  # fmt: skip
 
@@ -176,25 +196,25 @@ def _gpu_name() -> str:
     return out.stdout.strip().splitlines()[0]
 
 
-def render(result: dict[str, Any]) -> str:
+def render(result: JobResult) -> str:
     lines = [
-        f"machine: {result.get('gpu')}; profile {result.get('profile')}, "
-        f"generation {result.get('generation')}; {result.get('settings')}",
-        "versions: " + ", ".join(f"{k} {v}" for k, v in (result.get("versions") or {}).items()),
+        f"machine: {result.gpu}; profile {result.profile}, "
+        f"generation {result.generation}; {result.settings}",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in result.versions.items()),
         "",
         "| stage | status | seconds |",
         "| --- | --- | --- |",
     ]
-    for stage in result.get("stages", []):
-        lines.append(f"| {stage['name']} | {stage['status']} | {stage['seconds']:.1f} |")
-    lines.append(f"| whole `run` (process start to exit) | exit {result['exit_code']} | "
-                 f"{result.get('wall_s', 0):.1f} |")  # fmt: skip
-    summary = result.get("summary") or {}
-    if summary.get("error"):
-        lines.append(f"error: {summary['error'].splitlines()[0]}")
-    lines.append(f"accuracy before / after: {summary.get('accuracy_before')} / "
-                 f"{summary.get('accuracy_after')}")  # fmt: skip
-    lines.append(f"files left in the working directory: {result.get('cwd_left') or 'none'}")
+    for stage in result.stages:
+        lines.append(f"| {stage.name} | {stage.status} | {stage.seconds:.1f} |")
+    lines.append(f"| whole `run` (process start to exit) | exit {result.exit_code} | "
+                 f"{result.wall_s:.1f} |")  # fmt: skip
+    error = result.error or result.summary.get("error")
+    if error:
+        lines.append(f"error: {str(error).splitlines()[0]}")
+    lines.append(f"accuracy before / after: {result.summary.get('accuracy_before')} / "
+                 f"{result.summary.get('accuracy_after')}")  # fmt: skip
+    lines.append(f"files left in the working directory: {result.cwd_left or 'none'}")
     projected = projection(result)
     if projected:
         lines.append(f"projected {projected}")
@@ -225,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_job(args, Path(scratch))
     print(render(result))
     if args.json_out:
-        args.json_out.write_text(json.dumps(result, indent=2) + "\n")
-    return int(result["exit_code"])
+        args.json_out.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
+    return result.exit_code
 
 
 if __name__ == "__main__":
