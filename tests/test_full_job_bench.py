@@ -23,8 +23,9 @@ def _result(train_seconds: float, steps: list[float]) -> JobResult:
 
 
 def test_the_projection_adds_the_missing_steps_at_the_median_pace_after_the_first() -> None:
-    # The first step holds the compilation; the median of the rest (3 s) prices the 246 to come.
-    text = projection(_result(100.0, [50.0, 2.0, 4.0, 3.0]), steps=250)
+    # The first step holds the compilation; the median of the rest (3 s, where their mean is 5)
+    # prices the 246 to come.
+    text = projection(_result(100.0, [50.0, 2.0, 3.0, 10.0]), steps=250)
     assert text is not None
     assert "train 838 s, whole job 888 s" in text  # 100 + 246 x 3; + fetch 20 + export 30
     assert "measured 4, median 3.00 s/step" in text
