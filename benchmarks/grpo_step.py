@@ -10,7 +10,8 @@ transformers, and GPU memory must start clean for the peak figures) through the 
 `train()`, so the numbers are those of `grpo-bootstrap train`; they are read back from its
 metrics.jsonl.
 
-Printed per variant: first-step seconds (compilation, cold caches), steady s/step (median of the
+Each variant's log (<work>/<variant>.log) has every line it printed after the seconds since its
+process started, so a launch can be split into its parts.  Printed per variant: first-step seconds (compilation, cold caches), steady s/step (median of the
 steps after the first; at least 5 of them), the slowest steady step against that median, launch
 to the end of the first step, completion tokens/s (median), peak GPU memory by torch
 (max_memory_allocated) and by NVML (device used minus the reading before the model was loaded,
@@ -54,7 +55,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -306,13 +307,28 @@ def run_variant(variant: str, args: argparse.Namespace, relaunch_after: int = 0)
     }
     print(f"[{name}] running, log in {log}", file=sys.stderr, flush=True)
     with log.open("w") as handle:
-        code = subprocess.run(
-            command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=args.work, check=False
-        ).returncode
+        code = write_timed(command, env, args.work, handle)
     if code != 0 or not result.is_file():
         tail = log.read_text(errors="replace").splitlines()[-15:]
         return {"variant": name, "error": f"exit {code}", "log_tail": tail}
     return json.loads(result.read_text())
+
+
+def write_timed(command: list[str], env: dict[str, str], cwd: Path, out: TextIO) -> int:
+    """Run `command`, writing each line it prints to `out` after the seconds since it started.
+
+    Unsloth's and TRL's prints carry no time and vLLM's only the wall clock to the second, so
+    without this a launch cannot be split into import, engine start, compilation and first step.
+    """
+    started = time.perf_counter()
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+        text=True, errors="replace",
+    ) as process:  # fmt: skip
+        assert process.stdout is not None
+        for line in process.stdout:
+            out.write(f"{time.perf_counter() - started:8.1f}s  {line}")
+    return process.returncode
 
 
 def _fmt(value: Any, spec: str) -> str:

@@ -5,10 +5,21 @@ usage errors it gives before starting anything."""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
 
 import pytest
 
-from benchmarks.grpo_step import main, peer_of, precision_flags, render, split_name, summarise
+from benchmarks.grpo_step import (
+    main,
+    peer_of,
+    precision_flags,
+    render,
+    split_name,
+    summarise,
+    write_timed,
+)
 from bootstrap.train.phases import PHASES
 
 
@@ -100,3 +111,28 @@ def test_bad_arguments_are_usage_errors_before_anything_runs(
     assert caught.value.code == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # no model built, no variant started
+
+
+def test_a_variants_log_has_each_line_after_the_seconds_since_its_process_started(
+    tmp_path: Path,
+) -> None:
+    script = "import sys, time\nprint('first')\ntime.sleep(0.6)\nprint('second', file=sys.stderr)\n"
+    log = tmp_path / "variant.log"
+    with log.open("w") as handle:
+        code = write_timed([sys.executable, "-c", script], dict(os.environ), tmp_path, handle)
+    lines = log.read_text().splitlines()
+    assert code == 0
+    assert [line.split()[1] for line in lines] == ["first", "second"]  # stderr too, in order
+    seconds = [float(line.split()[0].rstrip("s")) for line in lines]
+    assert seconds[0] < 0.6 <= seconds[1]
+
+
+def test_a_variants_exit_code_comes_back_with_its_last_words(tmp_path: Path) -> None:
+    log = tmp_path / "variant.log"
+    with log.open("w") as handle:
+        code = write_timed(
+            [sys.executable, "-c", "print('dying'); raise SystemExit(7)"],
+            dict(os.environ), tmp_path, handle,
+        )  # fmt: skip
+    assert code == 7
+    assert log.read_text().split()[1:] == ["dying"]
