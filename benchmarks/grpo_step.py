@@ -11,7 +11,8 @@ transformers, and GPU memory must start clean for the peak figures) through the 
 metrics.jsonl.
 
 Each variant's log (<work>/<variant>.log) has every line it printed after the seconds since its
-process started, so a launch can be split into its parts.  Printed per variant: first-step seconds (compilation, cold caches), steady s/step (median of the
+process started, so a launch can be split into its parts (a third table: imports, vLLM's engine
+start and its compile, the first step).  Printed per variant: first-step seconds (compilation, cold caches), steady s/step (median of the
 steps after the first; at least 5 of them), the slowest steady step against that median, launch
 to the end of the first step, completion tokens/s (median), peak GPU memory by torch
 (max_memory_allocated) and by NVML (device used minus the reading before the model was loaded,
@@ -47,6 +48,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -311,7 +313,7 @@ def run_variant(variant: str, args: argparse.Namespace, relaunch_after: int = 0)
     if code != 0 or not result.is_file():
         tail = log.read_text(errors="replace").splitlines()[-15:]
         return {"variant": name, "error": f"exit {code}", "log_tail": tail}
-    return json.loads(result.read_text())
+    return {**json.loads(result.read_text()), **launch_parts(log.read_text(errors="replace"))}
 
 
 def write_timed(command: list[str], env: dict[str, str], cwd: Path, out: TextIO) -> int:
@@ -391,6 +393,47 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, device: str) ->
             _fmt(row["peak_nvml_gib"], ".2f"),
             f"{_fmt(speedup, '.2f')}x",
         )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# vLLM's own lines, as write_timed prefixes them: where it is handed its engine arguments, and
+# its engine's start (profiling, KV cache, warm-up, torch.compile and CUDA graphs) when done.
+_ENGINE_ARGS = re.compile(r"^\s*([\d.]+)s  .*non-default args: ", re.MULTILINE)
+_ENGINE_START = re.compile(
+    r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s"
+    r"(?: \(compilation: ([\d.]+) s\))?"
+)
+
+
+def launch_parts(log: str) -> dict[str, float | None]:
+    """From a variant's timestamped log: seconds from its process start to vLLM's engine
+    arguments (imports, Unsloth's patching, model config), vLLM's engine start, and the
+    torch.compile within it; None for what the log lacks (no vLLM)."""
+    args = _ENGINE_ARGS.search(log)
+    engine = _ENGINE_START.search(log)
+    return {
+        "to_engine_args_s": float(args.group(1)) if args else None,
+        "engine_start_s": float(engine.group(1)) if engine else None,
+        "engine_compile_s": float(engine.group(2)) if engine and engine.group(2) else None,
+    }
+
+
+def render_launch(rows: list[dict[str, Any]]) -> str:
+    """Each variant's launch in its parts, from its log (launch_parts) and its metrics."""
+    lines = [
+        "Where a launch goes (seconds; from each variant's timestamped log)",
+        "",
+        "| variant | process start to vLLM's engine arguments | vLLM engine start "
+        "| of it torch.compile | first step | launch to end of first step |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        if "error" in row:
+            continue
+        keys = ("to_engine_args_s", "engine_start_s", "engine_compile_s", "first_step_s")
+        cells = [row["variant"], *(_fmt(row.get(key), ".1f") for key in keys)]
+        cells.append(_fmt(row["launch_to_first_step_s"], ".1f"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -566,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(render(rows, args, _device_name(on_cuda)))
     print("\n" + render_phases(rows))
+    print("\n" + render_launch(rows))
     if relaunched:
         print("\n" + render_relaunch(relaunched))
     rows += [again for _, again in relaunched]

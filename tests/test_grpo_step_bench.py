@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.grpo_step import (
+    launch_parts,
     main,
     peer_of,
     precision_flags,
@@ -136,3 +137,26 @@ def test_a_variants_exit_code_comes_back_with_its_last_words(tmp_path: Path) -> 
         )  # fmt: skip
     assert code == 7
     assert log.read_text().split()[1:] == ["dying"]
+
+
+def test_a_launch_is_split_at_vllms_own_lines_in_the_timestamped_log() -> None:
+    log = (
+        "    14.7s  Unsloth: Will patch your computer to enable 2x faster free finetuning.\n"
+        "    43.6s  INFO 12-04 01:21:56 [api_utils.py:273] non-default args: {'dtype': "
+        "torch.bfloat16, 'max_model_len': 1024}\n"
+        "   115.1s  INFO 12-04 01:23:07 [monitor.py:53] torch.compile took 41.86 s in total\n"
+        "   144.8s  INFO 12-04 01:23:37 [core.py:337] init engine (profile, create kv cache, "
+        "warmup model) took 72.46 s (compilation: 41.86 s)\n"
+    )
+    assert launch_parts(log) == {
+        "to_engine_args_s": 43.6,
+        "engine_start_s": 72.46,
+        "engine_compile_s": 41.86,
+    }
+
+
+def test_a_launch_without_vllm_has_no_engine_parts() -> None:
+    log = "     3.0s  {'loss': 0.0, 'grad_norm': 0.1}\n     9.5s  done\n"
+    assert launch_parts(log) == dict.fromkeys(
+        ("to_engine_args_s", "engine_start_s", "engine_compile_s")
+    )
