@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,57 +48,64 @@ def grpo_command(ws: Workspace, *settings: str) -> tuple[list[str], dict[str, st
     return command, env
 
 
-def grpo_train(
-    ws: Workspace, *settings: str
-) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+@dataclass(frozen=True)
+class Launch:
+    """One `grpo-bootstrap --json ... train` process: how it ended and the document it printed."""
+
+    done: subprocess.CompletedProcess[str]
+    document: dict[str, Any]  # the CLI's JSON output, as json.loads gives it
+
+
+def grpo_train(ws: Workspace, *settings: str) -> Launch:
     command, env = grpo_command(ws, *settings)
     done = subprocess.run(
         command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
     )
-    document = json.loads(done.stdout) if done.stdout.strip() else {}
-    return done, document
+    return Launch(done, json.loads(done.stdout) if done.stdout.strip() else {})
+
+
+@dataclass(frozen=True)
+class TwoRankFlow:
+    """Two launches on one workspace (2 steps, then a resume to 3), and what the first left."""
+
+    ws: Workspace
+    first: Launch
+    second: Launch
+    metrics_after_first: list[dict[str, Any]]
+    checkpoints_after_first: list[str]
+    lora_after_first: bytes | None
 
 
 @pytest.fixture(scope="module")
-def two_rank_flow(tmp_path_factory: pytest.TempPathFactory, tiny_qwen2_dir: Path) -> dict[str, Any]:
+def two_rank_flow(tmp_path_factory: pytest.TempPathFactory, tiny_qwen2_dir: Path) -> TwoRankFlow:
     ws = make_workspace(tmp_path_factory.mktemp("ranks"), tiny_qwen2_dir)
-    first, first_doc = grpo_train(ws, "--set", "max_steps=2")
-    after_first = {
-        "metrics": read_metrics(ws.metrics),
-        "checkpoints": sorted(p.name for p in ws.checkpoints.glob("checkpoint-*")),
-        "lora": (ws.lora / "adapter_model.safetensors").read_bytes()
-        if (ws.lora / "adapter_model.safetensors").is_file()
-        else None,
-    }
-    second, second_doc = grpo_train(ws, "--set", "max_steps=3")
-    return {
-        "ws": ws,
-        "first": first,
-        "first_doc": first_doc,
-        "after_first": after_first,
-        "second": second,
-        "second_doc": second_doc,
-    }
+    first = grpo_train(ws, "--set", "max_steps=2")
+    adapter = ws.lora / "adapter_model.safetensors"
+    metrics = read_metrics(ws.metrics)
+    checkpoints = sorted(p.name for p in ws.checkpoints.glob("checkpoint-*"))
+    lora = adapter.read_bytes() if adapter.is_file() else None
+    second = grpo_train(ws, "--set", "max_steps=3")
+    return TwoRankFlow(ws, first, second, metrics, checkpoints, lora)
 
 
 def test_two_ranks_train_together_and_rank_0_writes_each_step_once(
-    two_rank_flow: dict[str, Any],
+    two_rank_flow: TwoRankFlow,
 ) -> None:
-    first = two_rank_flow["first"]
+    first = two_rank_flow.first.done
     assert first.returncode == 0, first.stderr[-4000:]
-    doc = two_rank_flow["first_doc"]
+    doc = two_rank_flow.first.document
     assert (doc["steps"], doc["max_steps"], doc["already_done"]) == (2, 2, False)
     assert doc["backend"] == "trl" and "2 training process(es)" in doc["backend_reason"]
-    lines = two_rank_flow["after_first"]["metrics"]
+    lines = two_rank_flow.metrics_after_first
     assert [line["step"] for line in lines] == [1, 2]
     for line in lines:
         # tokens/s counts the completions of both ranks: 2 per device x 2 processes
         assert line["completion_tokens_per_s"] == pytest.approx(
             4 * line["completion_length"] / line["step_seconds"]
         )
-    assert two_rank_flow["after_first"]["checkpoints"] == ["checkpoint-2"]
-    assert two_rank_flow["after_first"]["lora"] is not None
-    ws: Workspace = two_rank_flow["ws"]
+    assert two_rank_flow.checkpoints_after_first == ["checkpoint-2"]
+    assert two_rank_flow.lora_after_first is not None
+    ws = two_rank_flow.ws
     state = json.loads((ws.checkpoints / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     # both ranks reported; rank 1 wrote no outputs of its own
@@ -105,29 +113,29 @@ def test_two_ranks_train_together_and_rank_0_writes_each_step_once(
     assert outcomes == ["outcome-0.json", "outcome-1.json"]
 
 
-def test_the_launch_used_the_generated_accelerate_config(two_rank_flow: dict[str, Any]) -> None:
+def test_the_launch_used_the_generated_accelerate_config(two_rank_flow: TwoRankFlow) -> None:
     import yaml
 
-    ws: Workspace = two_rank_flow["ws"]
+    ws = two_rank_flow.ws
     config = yaml.safe_load((ws.root / "launch" / "accelerate.yaml").read_text())
     assert config["num_processes"] == 2 and config["use_cpu"] is True
     assert config["distributed_type"] == "MULTI_CPU"
 
 
 def test_the_ranks_output_reaches_our_stderr_and_stays_in_launch_log(
-    two_rank_flow: dict[str, Any],
+    two_rank_flow: TwoRankFlow,
 ) -> None:
-    ws: Workspace = two_rank_flow["ws"]
-    for launch in ("first", "second"):  # echoed while the launch ran
-        assert "LoRA adapter saved" in two_rank_flow[launch].stderr
+    ws = two_rank_flow.ws
+    for launch in (two_rank_flow.first, two_rank_flow.second):  # echoed while it ran
+        assert "LoRA adapter saved" in launch.done.stderr
     log = ws.launch_log.read_text()
     assert log.count("LoRA adapter saved") == 2  # each launch appended its own part
 
 
-def test_the_lora_and_samples_come_from_rank_0(two_rank_flow: dict[str, Any]) -> None:
+def test_the_lora_and_samples_come_from_rank_0(two_rank_flow: TwoRankFlow) -> None:
     from safetensors.torch import load_file
 
-    ws: Workspace = two_rank_flow["ws"]
+    ws = two_rank_flow.ws
     tensors = load_file(str(ws.lora / "adapter_model.safetensors"))
     assert tensors and all("lora_A" in k or "lora_B" in k for k in tensors)
     assert (ws.lora / "adapter_config.json").is_file() and (ws.lora / "tokenizer.json").is_file()
@@ -135,12 +143,12 @@ def test_the_lora_and_samples_come_from_rank_0(two_rank_flow: dict[str, Any]) ->
 
 
 def test_a_second_launch_resumes_and_continues_the_step_count(
-    two_rank_flow: dict[str, Any],
+    two_rank_flow: TwoRankFlow,
 ) -> None:
-    second = two_rank_flow["second"]
+    second = two_rank_flow.second.done
     assert second.returncode == 0, second.stderr[-4000:]
-    doc = two_rank_flow["second_doc"]
-    ws: Workspace = two_rank_flow["ws"]
+    doc = two_rank_flow.second.document
+    ws = two_rank_flow.ws
     assert doc["resumed_from"] == str(ws.checkpoints / "checkpoint-2")
     assert (doc["steps"], doc["already_done"]) == (3, False)
     assert [line["step"] for line in read_metrics(ws.metrics)] == [1, 2, 3]
@@ -183,11 +191,10 @@ def test_sigterm_stops_both_ranks_at_one_step_saves_and_the_run_resumes(
     assert [line["step"] for line in read_metrics(ws.metrics)] == list(range(1, step + 1))
     assert not ws.lora.exists()
 
-    resumed, resumed_doc = grpo_train(
-        ws, "--set", f"max_steps={step + 1}", "--set", "save_steps=200"
-    )
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert resumed_doc["resumed_from"] == str(checkpoint) and resumed_doc["steps"] == step + 1
+    resumed = grpo_train(ws, "--set", f"max_steps={step + 1}", "--set", "save_steps=200")
+    assert resumed.done.returncode == 0, resumed.done.stderr[-4000:]
+    doc = resumed.document
+    assert doc["resumed_from"] == str(checkpoint) and doc["steps"] == step + 1
     assert [line["step"] for line in read_metrics(ws.metrics)] == list(range(1, step + 2))
 
 
@@ -258,8 +265,9 @@ def test_a_rank_error_keeps_its_exit_code_through_the_launch(
     if damage == "weights":
         weights = ws.model_dir(MODEL_ID) / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
-    done, doc = grpo_train(ws, "--set", "max_steps=2", *settings)
-    assert done.returncode == exit_code, done.stderr[-4000:]
+    launch = grpo_train(ws, "--set", "max_steps=2", *settings)
+    doc = launch.document
+    assert launch.done.returncode == exit_code, launch.done.stderr[-4000:]
     assert doc["exit_code"] == exit_code and fragment in doc["error"]
     assert "Traceback" not in doc["error"]
     assert (ws.root / "launch" / "launch.log").is_file()  # the ranks' whole story is kept
