@@ -12,12 +12,12 @@ metrics.jsonl.
 
 Each variant's log (<work>/<variant>.log) has every line it printed after the seconds since its
 process started, so a launch can be split into its parts (a third table: imports, vLLM's engine
-start and its compile, the first step).  Printed per variant: first-step seconds (compilation, cold caches), steady s/step (median of the
-steps after the first; at least 5 of them), the slowest steady step against that median, launch
-to the end of the first step, completion tokens/s (median), peak GPU memory by torch
-(max_memory_allocated) and by NVML (device used minus the reading before the model was loaded,
-which includes vLLM's pre-allocated pool), and the ratio to the strongest peer run (trl-vllm,
-else trl).  A second table splits the median steady step into its phases (train/phases.py:
+start and its compile, the first step).  Printed per variant: first-step seconds (compilation,
+cold caches), steady s/step (median of the steps after the first; at least 5 of them), the
+slowest steady step against that median, launch to the end of the first step, completion
+tokens/s (median), peak GPU memory by torch (max_memory_allocated) and by NVML (device used
+minus the reading before the model was loaded, which includes vLLM's pre-allocated pool), and
+the ratio to the strongest peer run (trl-vllm, else trl).  A second table splits the median steady step into its phases (train/phases.py:
 generation, weight sync, rewards, scoring forwards, loss forward, backward, optimiser, other).
 
 `--relaunch` then starts each variant a second time on the same workspace, as a restart after
