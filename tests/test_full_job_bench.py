@@ -54,6 +54,9 @@ def test_the_benchmark_runs_every_stage_and_writes_what_the_gpu_test_reads(
         "--model", str(tiny_qwen2_dir), "--profile", "cpu-smoke",
         "--train-rows", "64", "--test-rows", "8", "--workspace", str(tmp_path / "ws"),
         "--set", "max_steps=2", "--set", "export_formats=lora", "--json-out", str(out),
+        # One torch thread, as the demo has: beside another test worker on a 2-core machine,
+        # torch's default two threads spin-wait for each other and the job took 420 s, not 66.
+        "--set", "cpu_threads=1",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
