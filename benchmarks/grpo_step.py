@@ -17,8 +17,9 @@ cold caches), steady s/step (median of the steps after the first; at least 5 of 
 slowest steady step against that median, launch to the end of the first step, completion
 tokens/s (median), peak GPU memory by torch (max_memory_allocated) and by NVML (device used
 minus the reading before the model was loaded, which includes vLLM's pre-allocated pool), and
-the ratio to the strongest peer run (trl-vllm, else trl).  A second table splits the median steady step into its phases (train/phases.py:
-generation, weight sync, rewards, scoring forwards, loss forward, backward, optimiser, other).
+the ratio to the strongest peer run (trl-vllm, else trl).  A second table splits the median
+steady step into its phases (train/phases.py: generation, weight sync, rewards, scoring
+forwards, loss forward, backward, optimiser, other).
 
 `--relaunch` then starts each variant a second time on the same workspace, as a restart after
 pre-emption would: it resumes from the last checkpoint with the compile caches the first launch
@@ -419,6 +420,13 @@ def launch_parts(log: str) -> dict[str, float | None]:
     }
 
 
+# The launch table's columns after the variant: launch_parts' three, then two from the metrics.
+_LAUNCH_COLUMNS = (
+    "to_engine_args_s", "engine_start_s", "engine_compile_s", "first_step_s",
+    "launch_to_first_step_s",
+)  # fmt: skip
+
+
 def render_launch(rows: list[dict[str, Any]]) -> str:
     """Each variant's launch in its parts, from its log (launch_parts) and its metrics."""
     lines = [
@@ -431,9 +439,7 @@ def render_launch(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         if "error" in row:
             continue
-        keys = ("to_engine_args_s", "engine_start_s", "engine_compile_s", "first_step_s")
-        cells = [row["variant"], *(_fmt(row.get(key), ".1f") for key in keys)]
-        cells.append(_fmt(row["launch_to_first_step_s"], ".1f"))
+        cells = [row["variant"], *(_fmt(row[key], ".1f") for key in _LAUNCH_COLUMNS)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -33,6 +33,6 @@ fi
 
 # A worker per core, each taking whole files: a file's module fixtures (a trained demo workspace,
 # a merged model) are built once, and the two-rank launch tests keep their port to themselves.
-# On 2 cores: about 17 minutes instead of 21-22 in one process.  `-n 0` runs in one process.
+# On 2 cores: 17-20 minutes instead of 21-22 in one process.  `-n 0` runs in one process.
 # The 15 slowest tests are listed at the end, so a test that grows CI past its 20 minutes shows.
 exec "$venv/bin/python" -m pytest --numprocesses auto --dist loadfile --durations=15 "$@"
