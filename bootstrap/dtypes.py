@@ -27,14 +27,6 @@ def torch_dtype(precision: Precision) -> torch.dtype:
     return getattr(torch, _NAMES[precision][0])
 
 
-def unsloth_dtype(precision: Precision) -> torch.dtype | None:
-    """Unsloth's from_pretrained dtype.  fp32 becomes None, with which Unsloth picks the GPU's
-    half precision (bf16, else fp16): with fast_inference its vLLM engine serves the LoRA through
-    kernels that take fp16 and bf16 only (the limit `vllm_lora_dtype` handles for evaluation),
-    and a plan trains at the same precision whether vLLM imports or not."""
-    return None if precision == "fp32" else torch_dtype(precision)
-
-
 def vllm_dtype(precision: Precision | None) -> str:
     """vLLM's --dtype / LLM(dtype=...); "auto" (the model's own) when nothing was chosen."""
     return _NAMES[precision][1] if precision else "auto"

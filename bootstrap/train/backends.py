@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 
 from bootstrap import constants as C
 from bootstrap.config import TrainConfig
-from bootstrap.dtypes import torch_dtype, unsloth_dtype
+from bootstrap.dtypes import torch_dtype
 from bootstrap.errors import EnvironmentUnfit
 from bootstrap.planning.plan import BackendChoice
 
@@ -294,7 +294,7 @@ class UnslothBackend(Backend):
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=str(self.model_dir),
             max_seq_length=s.max_seq_length,
-            dtype=unsloth_dtype(s.dtype),
+            dtype=torch_dtype(s.dtype) if s.dtype != "fp32" else None,
             load_in_4bit=s.load_in_4bit,
             fast_inference=use_vllm,
             max_lora_rank=s.lora_rank,
