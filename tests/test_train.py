@@ -400,6 +400,7 @@ def test_the_grpo_config_carries_the_recipe_and_falls_back_from_8bit_adam_on_cpu
     assert (args.weight_decay, args.warmup_steps, args.max_grad_norm) == (0.1, 0.1, 0.1)
     assert args.lr_scheduler_type == "cosine" and args.beta == RECIPE_BETA
     assert (args.temperature, args.loss_type) == (0.9, "grpo")  # TRL 0.14's sampling and loss
+    assert args.vllm_importance_sampling_correction is False  # TRL 0.14 had none; 1.x: on
     assert (args.bf16, args.fp16) == (False, False)  # cpu-smoke is fp32; TRL would default bf16
     assert args.num_generations == 2 and args.generation_batch_size == 2
     assert args.report_to == []  # "none": no wandb, no tensorboard

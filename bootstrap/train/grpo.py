@@ -157,7 +157,8 @@ def grpo_config_kwargs(
     - dtype maps to bf16/fp16 mixed precision; fp32 turns both off (TRL defaults bf16 on).
     - transformers 5 has no `warmup_ratio`; `warmup_steps` below 1 is read as the ratio.
     - `beta` (KL coefficient) is the recipe's 0.04, see RECIPE_BETA; temperature and the loss
-      are the recipe's too (TRL 0.14's 0.9 and its per-sequence mean, "grpo"), not TRL 1.x's.
+      are the recipe's too (TRL 0.14's 0.9 and its per-sequence mean, "grpo"), not TRL 1.x's,
+      and so is the loss on vLLM's samples as drawn (no importance-sampling correction).
     """
     optim = settings.optim
     if "8bit" in optim and not (cuda and bitsandbytes):
@@ -193,6 +194,10 @@ def grpo_config_kwargs(
         "beta": RECIPE_BETA,
         "temperature": settings.temperature,
         "loss_type": settings.loss_type,
+        # The recipe's TRL (0.14/0.15) used vLLM's samples as they came; TRL >= 0.22 reweights
+        # them by the training policy's probabilities, one more forward pass a step.  Unsloth's
+        # trainer turns that off too, so both backends train the recipe's loss.
+        "vllm_importance_sampling_correction": False,
         **tracking_arguments(settings.report_to, run_name),
         # Every LoRA weight takes part in each forward.  For a PeftModel (not a
         # PreTrainedModel) transformers would turn DDP's unused-parameter search on: one more
