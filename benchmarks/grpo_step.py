@@ -19,7 +19,9 @@ tokens/s (median), peak GPU memory by torch (max_memory_allocated) and by NVML (
 minus the reading before the model was loaded, which includes vLLM's pre-allocated pool), and
 the ratio to the strongest peer run (trl-vllm, else trl).  A second table splits the median
 steady step into its phases (train/phases.py: generation, weight sync, rewards, scoring
-forwards, loss forward, backward, optimiser, other).
+forwards, loss forward, backward, optimiser, other).  `--rollout-timers` adds one more: the
+median rollout split into the adapter request, Unsloth's fold of the LoRA into the weights it
+shares with vLLM, vLLM's decode and the restore (benchmarks/rollout_timers.py).
 
 `--relaunch` then starts each variant a second time on the same workspace, as a restart after
 pre-emption would: it resumes from the last checkpoint with the compile caches the first launch
@@ -36,6 +38,8 @@ under the recipe's model id, with its settings for the profile.
     python benchmarks/grpo_step.py --model DIR --steps 8 --backends trl,unsloth-vllm
     python benchmarks/grpo_step.py --model DIR --gpu-memory-utilization 0.3 \
         --backends trl-vllm:16bit,unsloth-vllm:4bit,unsloth-vllm:16bit
+    python benchmarks/grpo_step.py --model DIR --steps 16 --gpu-memory-utilization 0.3 \
+        --backends trl-vllm:16bit,unsloth-vllm:16bit --rollout-timers
     python benchmarks/grpo_step.py --backends unsloth-vllm --profile gpu-16gb \
         --gpu-memory-limit-gib 15 --relaunch
     python benchmarks/random_qwen.py --arch phi-4 --out /tmp/phi4 --device cuda
@@ -63,6 +67,7 @@ from typing import Any, TextIO
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.rollout_timers import PARTS, install, rollout_parts  # noqa: E402
 from bootstrap.train.phases import PHASES  # noqa: E402
 
 MODEL_ID = "benchmarks/random-qwen2.5-3b"
@@ -173,6 +178,8 @@ def child(args: argparse.Namespace) -> int:
     from bootstrap.workspace import Workspace
     from tests.fakes.assets import write_gsm8k
 
+    if args.rollout_timers:
+        install()  # before train() imports vLLM and Unsloth
     model_id = read_recipe(args.recipe).values.get("model", MODEL_ID) if args.recipe else MODEL_ID
     ws = Workspace(args.work / args.name.replace(":", "-"))
     if not args.relaunch_after:  # a relaunch resumes the first launch's workspace
@@ -297,6 +304,7 @@ def run_variant(variant: str, args: argparse.Namespace, relaunch_after: int = 0)
         "--relaunch-after", str(relaunch_after),
         *(["--precision", precision] if precision else []),
         *(["--no-4bit"] if args.no_4bit else []),
+        *(["--rollout-timers"] if args.rollout_timers else []),
         *(part for pair in args.set for part in ("--set", pair)),
         *(part for flag, value in optional.items() if value is not None
           for part in (flag, str(value))),
@@ -314,7 +322,13 @@ def run_variant(variant: str, args: argparse.Namespace, relaunch_after: int = 0)
     if code != 0 or not result.is_file():
         tail = log.read_text(errors="replace").splitlines()[-15:]
         return {"variant": name, "error": f"exit {code}", "log_tail": tail}
-    return {**json.loads(result.read_text()), **launch_parts(log.read_text(errors="replace"))}
+    text = log.read_text(errors="replace")
+    rollouts = RELAUNCH_STEPS if relaunch_after else args.steps
+    return {
+        **json.loads(result.read_text()),
+        **launch_parts(text),
+        "rollout_seconds": rollout_parts(text, rollouts),
+    }
 
 
 def write_timed(command: list[str], env: dict[str, str], cwd: Path, out: TextIO) -> int:
@@ -462,6 +476,26 @@ def render_phases(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def render_rollouts(rows: list[dict[str, Any]]) -> str:
+    """The steady rollout of each variant in its parts (rollout_timers.py), beside the generate
+    phase that holds them."""
+    lines = [
+        "Where a rollout goes (seconds, median over the steady rollouts; --rollout-timers)",
+        "",
+        "| variant | " + " | ".join(PARTS) + " | sum | generate phase |",
+        "|" + " --- |" * (len(PARTS) + 3),
+    ]
+    for row in rows:
+        parts = row.get("rollout_seconds")
+        if "error" in row or not parts:
+            continue
+        cells = [row["variant"], *(_fmt(parts.get(name), ".3f") for name in PARTS)]
+        phases = row.get("phase_seconds") or {}
+        cells += [f"{sum(parts.values()):.3f}", _fmt(phases.get("generate"), ".3f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def render_relaunch(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:
     """First step of the first launch (cold caches) beside the relaunch's (warm caches)."""
     lines = [
@@ -545,6 +579,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--work", type=Path, help="where workspaces and logs go (default: a temp dir)"
     )
+    parser.add_argument(
+        "--rollout-timers", action="store_true",
+        help="time a rollout's parts (LoRA fold, decode, restore); a fourth table",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--name", help=argparse.SUPPRESS)  # the row: variant[:precision]
@@ -616,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     print(render(rows, args, _device_name(on_cuda)))
     print("\n" + render_phases(rows))
     print("\n" + render_launch(rows))
+    if args.rollout_timers:
+        print("\n" + render_rollouts(rows))
     if relaunched:
         print("\n" + render_relaunch(relaunched))
     rows += [again for _, again in relaunched]
