@@ -60,6 +60,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -441,59 +442,69 @@ _LAUNCH_COLUMNS = (
 )  # fmt: skip
 
 
+def _table(title: str, header: Sequence[str], body: Iterable[Sequence[str]]) -> str:
+    """A titled markdown table."""
+    lines = [title, "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
 def render_launch(rows: list[dict[str, Any]]) -> str:
     """Each variant's launch in its parts, from its log (launch_parts) and its metrics."""
-    lines = [
-        "Where a launch goes (seconds; from each variant's timestamped log)",
-        "",
-        "| variant | process start to vLLM's engine arguments | vLLM engine start "
-        "| of it torch.compile | first step | launch to end of first step |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for row in rows:
-        if "error" in row:
-            continue
-        cells = [row["variant"], *(_fmt(row[key], ".1f") for key in _LAUNCH_COLUMNS)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    header = (
+        "variant", "process start to vLLM's engine arguments", "vLLM engine start",
+        "of it torch.compile", "first step", "launch to end of first step",
+    )  # fmt: skip
+    body = (
+        [row["variant"], *(_fmt(row[key], ".1f") for key in _LAUNCH_COLUMNS)]
+        for row in rows
+        if "error" not in row
+    )
+    return _table(
+        "Where a launch goes (seconds; from each variant's timestamped log)", header, body
+    )
+
+
+def _split_table(
+    rows: list[dict[str, Any]],
+    key: str,
+    parts: Sequence[str],
+    title: str,
+    whole: tuple[str, Callable[[dict[str, Any]], float | None]],
+) -> str:
+    """One row per variant that has `key`: its parts in seconds, their sum, and beside them the
+    figure they split (`whole`: its column name and how to read it from a row)."""
+    name, read = whole
+    body = (
+        [
+            row["variant"],
+            *(_fmt(row[key].get(part), ".3f") for part in parts),
+            f"{sum(row[key].values()):.3f}",
+            _fmt(read(row), ".3f"),
+        ]
+        for row in rows
+        if "error" not in row and row.get(key)
+    )
+    return _table(title, ("variant", *parts, "sum", name), body)
 
 
 def render_phases(rows: list[dict[str, Any]]) -> str:
     """The median steady step of each variant split into its phases, in seconds."""
-    lines = [
+    return _split_table(
+        rows, "phase_seconds", PHASES,
         "Where a steady step's time goes (seconds, median over the steady steps)",
-        "",
-        "| variant | " + " | ".join(PHASES) + " | sum | steady s/step |",
-        "|" + " --- |" * (len(PHASES) + 3),
-    ]
-    for row in rows:
-        phases = row.get("phase_seconds")
-        if "error" in row or not phases:
-            continue
-        cells = [row["variant"], *(f"{phases[name]:.3f}" for name in PHASES)]
-        cells += [f"{sum(phases.values()):.2f}", _fmt(row["steady_s_per_step"], ".2f")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        ("steady s/step", lambda row: row["steady_s_per_step"]),
+    )  # fmt: skip
 
 
 def render_rollouts(rows: list[dict[str, Any]]) -> str:
     """The steady rollout of each variant in its parts (rollout_timers.py), beside the generate
     phase that holds them."""
-    lines = [
+    return _split_table(
+        rows, "rollout_seconds", PARTS,
         "Where a rollout goes (seconds, median over the steady rollouts; --rollout-timers)",
-        "",
-        "| variant | " + " | ".join(PARTS) + " | sum | generate phase |",
-        "|" + " --- |" * (len(PARTS) + 3),
-    ]
-    for row in rows:
-        parts = row.get("rollout_seconds")
-        if "error" in row or not parts:
-            continue
-        cells = [row["variant"], *(_fmt(parts.get(name), ".3f") for name in PARTS)]
-        phases = row.get("phase_seconds") or {}
-        cells += [f"{sum(parts.values()):.3f}", _fmt(phases.get("generate"), ".3f")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        ("generate phase", lambda row: (row.get("phase_seconds") or {}).get("generate")),
+    )  # fmt: skip
 
 
 def render_relaunch(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:

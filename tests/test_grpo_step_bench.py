@@ -17,6 +17,7 @@ from benchmarks.grpo_step import (
     peer_of,
     precision_flags,
     render,
+    render_phases,
     split_name,
     summarise,
     write_timed,
@@ -81,6 +82,15 @@ def _row(variant: str, seconds: float) -> dict[str, object]:
         "num_generations": 8, "max_completion_length": 200, "lora_rank": 64,
         "gpu_memory_limit_gib": None, **summarise(lines, None),
     }  # fmt: skip
+
+
+def test_the_phase_table_sums_each_variants_phases_beside_its_step() -> None:
+    rows = [_row("unsloth-vllm:16bit", 1.5), {"variant": "trl", "error": "exit 1"}]
+    lines = render_phases(rows).splitlines()
+    assert lines[2] == "| variant | " + " | ".join(PHASES) + " | sum | steady s/step |"
+    # generate 0.4 and backward the rest of each 1.5 s step (_line), the other phases 0
+    cells = ["0.400", "0.000", "0.000", "0.000", "0.000", "1.100", "0.000", "0.000"]
+    assert lines[4:] == ["| unsloth-vllm:16bit | " + " | ".join(cells) + " | 1.500 | 1.500 |"]
 
 
 def test_ratios_are_against_trl_with_vllm_when_it_ran_else_plain_trl() -> None:
