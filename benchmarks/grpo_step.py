@@ -19,9 +19,10 @@ tokens/s (median), peak GPU memory by torch (max_memory_allocated) and by NVML (
 minus the reading before the model was loaded, which includes vLLM's pre-allocated pool), and
 the ratio to the strongest peer run (trl-vllm, else trl).  A second table splits the median
 steady step into its phases (train/phases.py: generation, weight sync, rewards, scoring
-forwards, loss forward, backward, optimiser, other).  `--rollout-timers` adds one more: the
+forwards, loss forward, backward, optimiser, other).  `--rollout-timers` adds two more: the
 median rollout split into the adapter request, Unsloth's fold of the LoRA into the weights it
-shares with vLLM, vLLM's decode and the restore (benchmarks/rollout_timers.py).
+shares with vLLM, vLLM's decode and the restore (benchmarks/rollout_timers.py), and the first
+rollout split the same way beside the first step (where those kernels compile).
 
 `--relaunch` then starts each variant a second time on the same workspace, as a restart after
 pre-emption would: it resumes from the last checkpoint with the compile caches the first launch
@@ -324,11 +325,12 @@ def run_variant(variant: str, args: argparse.Namespace, relaunch_after: int = 0)
         tail = log.read_text(errors="replace").splitlines()[-15:]
         return {"variant": name, "error": f"exit {code}", "log_tail": tail}
     text = log.read_text(errors="replace")
-    rollouts = RELAUNCH_STEPS if relaunch_after else args.steps
+    parts = rollout_parts(text, RELAUNCH_STEPS if relaunch_after else args.steps)
     return {
         **json.loads(result.read_text()),
         **launch_parts(text),
-        "rollout_seconds": rollout_parts(text, rollouts),
+        "first_rollout_seconds": parts.first if parts else None,
+        "rollout_seconds": parts.steady if parts else None,
     }
 
 
@@ -498,12 +500,21 @@ def render_phases(rows: list[dict[str, Any]]) -> str:
 
 
 def render_rollouts(rows: list[dict[str, Any]]) -> str:
-    """The steady rollout of each variant in its parts (rollout_timers.py), beside the generate
+    """Each variant's steady rollout in its parts (rollout_timers.py), beside the generate
     phase that holds them."""
     return _split_table(
         rows, "rollout_seconds", PARTS,
         "Where a rollout goes (seconds, median over the steady rollouts; --rollout-timers)",
         ("generate phase", lambda row: (row.get("phase_seconds") or {}).get("generate")),
+    )  # fmt: skip
+
+
+def render_first_rollouts(rows: list[dict[str, Any]]) -> str:
+    """Each variant's first rollout in its parts, beside the first step that holds it."""
+    return _split_table(
+        rows, "first_rollout_seconds", PARTS,
+        "The first rollout, which compiles (seconds; --rollout-timers)",
+        ("first step", lambda row: row.get("first_step_s")),
     )  # fmt: skip
 
 
@@ -667,6 +678,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + render_launch(rows))
     if args.rollout_timers:
         print("\n" + render_rollouts(rows))
+        print("\n" + render_first_rollouts(rows))
     if relaunched:
         print("\n" + render_relaunch(relaunched))
     rows += [again for _, again in relaunched]

@@ -23,7 +23,7 @@ import sys
 import time
 import types
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 # module -> (attribute path, the name its line carries)
 TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -118,13 +118,25 @@ def install(
         sys.meta_path.insert(0, _WrapOnImport(pending, out))
 
 
-def rollout_parts(log: str, rollouts: int) -> dict[str, float] | None:
-    """Median seconds of each part over the steady rollouts (the 2nd to the `rollouts`-th call
-    of each timer: the first compiles, and later calls are the after-training samples), or None
-    when the log has no timer lines."""
+class RolloutParts(NamedTuple):
+    """Seconds of each part: in the first rollout (which compiles) and the steady median."""
+
+    first: dict[str, float]
+    steady: dict[str, float]
+
+
+def rollout_parts(log: str, rollouts: int) -> RolloutParts | None:
+    """Each part's first call, and its median over the steady rollouts (the 2nd to the
+    `rollouts`-th call of each timer: later calls are the after-training samples), or None when
+    the log has no timer lines."""
     calls: dict[str, list[float]] = {}
     for name, seconds in _LINE.findall(log):
         calls.setdefault(name, []).append(float(seconds))
-    steady = {name: values[1:rollouts] for name, values in calls.items()}
-    parts = {name: statistics.median(values) for name, values in steady.items() if values}
-    return parts or None
+    if not calls:
+        return None
+    steady = {
+        name: statistics.median(values[1:rollouts])
+        for name, values in calls.items()
+        if values[1:rollouts]
+    }
+    return RolloutParts({name: values[0] for name, values in calls.items()}, steady)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.grpo_step import render_rollouts, write_timed
+from benchmarks.grpo_step import render_first_rollouts, render_rollouts, write_timed
 from benchmarks.rollout_timers import install, rollout_parts
 
 ENGINE = """
@@ -92,11 +92,11 @@ def test_the_lines_come_back_through_a_variants_log(engine_dir: Path, tmp_path: 
     log = io.StringIO()
     assert write_timed([sys.executable, "-c", script], {}, tmp_path, log) == 0
     parts = rollout_parts(log.getvalue(), rollouts=4)
-    assert parts is not None and set(parts) == {"adapter", "decode"}
-    assert all(0 <= seconds < 5 for seconds in parts.values())
+    assert parts is not None and set(parts.steady) == set(parts.first) == {"adapter", "decode"}
+    assert all(0 <= seconds < 5 for seconds in [*parts.steady.values(), *parts.first.values()])
 
 
-def test_each_part_is_the_median_of_the_steady_rollouts_only() -> None:
+def test_each_part_is_its_first_call_and_the_median_of_the_steady_rollouts() -> None:
     log = "\n".join(
         f"{10 + i:8.1f}s  rollout-timer {name} {seconds}"
         for i, (name, seconds) in enumerate(
@@ -107,24 +107,38 @@ def test_each_part_is_the_median_of_the_steady_rollouts_only() -> None:
         )
     )
     parts = rollout_parts(log, rollouts=4)
-    assert parts == {"fold": pytest.approx(0.18), "decode": pytest.approx(0.70)}
+    assert parts is not None
+    assert parts.first == {"fold": 15.8, "decode": 1.6}
+    assert parts.steady == {"fold": pytest.approx(0.18), "decode": pytest.approx(0.70)}
     assert rollout_parts("  1.0s  INFO no timers in this log", rollouts=4) is None
 
 
-def test_the_rollout_table_has_a_row_per_timed_variant() -> None:
+def test_the_rollout_tables_have_a_row_per_timed_variant() -> None:
     rows = [
         {
             "variant": "unsloth-vllm:16bit",
             "rollout_seconds": {"adapter": 0.017, "fold": 0.185, "decode": 0.721, "restore": 0.108},
+            "first_rollout_seconds": {"adapter": 4.9, "fold": 15.8, "decode": 1.6, "restore": 8.2},
             "phase_seconds": {"generate": 1.089},
+            "first_step_s": 61.0,
         },
-        {"variant": "trl", "rollout_seconds": None, "phase_seconds": {"generate": 9.0}},
-        {"variant": "trl-vllm:16bit", "rollout_seconds": {"decode": 0.650}},
+        {"variant": "trl", "rollout_seconds": None, "first_rollout_seconds": None},
+        {
+            "variant": "trl-vllm:16bit",
+            "rollout_seconds": {"decode": 0.650},
+            "first_rollout_seconds": {"decode": 1.2},
+        },
         {"variant": "unsloth", "error": "exit 1"},
     ]
-    lines = render_rollouts(rows).splitlines()
-    assert lines[2] == "| variant | adapter | fold | decode | restore | sum | generate phase |"
-    assert lines[4:] == [
+    assert render_rollouts(rows).splitlines()[2:] == [
+        "| variant | adapter | fold | decode | restore | sum | generate phase |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
         "| unsloth-vllm:16bit | 0.017 | 0.185 | 0.721 | 0.108 | 1.031 | 1.089 |",
         "| trl-vllm:16bit | - | - | 0.650 | - | 0.650 | - |",
+    ]
+    assert render_first_rollouts(rows).splitlines()[2:] == [
+        "| variant | adapter | fold | decode | restore | sum | first step |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| unsloth-vllm:16bit | 4.900 | 15.800 | 1.600 | 8.200 | 30.500 | 61.000 |",
+        "| trl-vllm:16bit | - | - | 1.200 | - | 1.200 | - |",
     ]
